@@ -1,0 +1,275 @@
+// Schema of the Chorus configuration file.
+//
+// Every option has a default, so that an empty document (or no file at all)
+// parses to a working single-host server for `localhost`. The error messages
+// attached to each schema are phrased as "must be ..." so that the loader can
+// print them as "<path> must be ..., got <value>" next to a file:line:col.
+import { isIP } from 'node:net';
+import { z } from 'zod';
+
+// ---------------------------------------------------------------------------
+// Building blocks. Each passes the same message to the type check and to
+// every refinement, because zod reports a schema's `error` only for the
+// issues that schema raises itself, not for those of its checks.
+
+function intBetween(min: number, max?: number) {
+  const error =
+    max === undefined ? `must be an integer of at least ${min}` : `must be an integer from ${min} to ${max}`;
+  let schema = z.number({ error }).int({ error }).min(min, { error });
+  if (max !== undefined) schema = schema.max(max, { error });
+  return schema;
+}
+
+function oneOf<const T extends readonly [string, ...string[]]>(values: T) {
+  return z.enum(values, { error: `must be one of ${values.map((v) => `'${v}'`).join(', ')}` });
+}
+
+const bool = z.boolean({ error: 'must be true or false' });
+
+function nonEmptyString(what = 'a non-empty string') {
+  const error = `must be ${what}`;
+  return z.string({ error }).min(1, { error });
+}
+
+function list<T extends z.ZodType>(element: T, what: string) {
+  return z.array(element, { error: `must be a list of ${what}` });
+}
+
+// Mappings reject unknown keys so that typos ("listners") are reported
+// rather than silently ignored. The loader turns `unrecognized_keys` issues
+// into "unknown option" messages with a suggestion, so only the type
+// mismatch needs a message here.
+function section<S extends z.ZodRawShape>(shape: S) {
+  return z.strictObject(shape, {
+    error: (iss) => (iss.code === 'invalid_type' ? 'must be a mapping of options (key: value)' : undefined),
+  });
+}
+
+// Labels of letters, digits and inner hyphens, at most 63 octets each and 253
+// in total: the hostname rules of RFC 1123 that XMPP domainparts follow in
+// practice. Internationalised names must be given in their ASCII (xn--) form.
+const DNS_LABEL = /^(?!-)[a-z0-9-]{1,63}(?<!-)$/;
+
+/** True for names accepted as a virtual host: DNS names, IPv4, or a bracketed IPv6 literal. */
+export function isValidDomain(domain: string): boolean {
+  if (domain.startsWith('[') && domain.endsWith(']')) return isIP(domain.slice(1, -1)) === 6;
+  if (isIP(domain) === 4) return true;
+  if (domain.length === 0 || domain.length > 253) return false;
+  return domain.split('.').every((label) => DNS_LABEL.test(label));
+}
+
+const domainError =
+  'must be a domain name such as example.org (international names in their xn-- form), ' +
+  'an IPv4 address or a bracketed IPv6 address';
+
+const domain = z
+  .string({ error: domainError })
+  .trim()
+  .toLowerCase()
+  // A trailing dot names the same host; stripping it keeps duplicates detectable.
+  .overwrite((d) => (d.endsWith('.') ? d.slice(0, -1) : d))
+  .refine(isValidDomain, { error: domainError });
+
+const moduleNameError = 'must be a module name (lowercase letters, digits, - and _)';
+const moduleName = z
+  .string({ error: moduleNameError })
+  .regex(/^[a-z][a-z0-9_-]*$/, { error: moduleNameError });
+
+function moduleList() {
+  return list(moduleName, 'module names').superRefine((names, ctx) => {
+    const seen = new Set<string>();
+    names.forEach((name, i) => {
+      if (seen.has(name))
+        ctx.addIssue({
+          code: 'custom',
+          path: [i],
+          message: `repeats module '${name}'; list each module once`,
+        });
+      seen.add(name);
+    });
+  });
+}
+
+// SASL mechanism names per RFC 4422: upper-case letters, digits, - and _.
+const mechanismError = 'must be a SASL mechanism name such as SCRAM-SHA-256 or PLAIN';
+const mechanism = z
+  .string({ error: mechanismError })
+  .trim()
+  .toUpperCase()
+  .regex(/^[A-Z0-9_-]{1,20}$/, { error: mechanismError });
+
+const addressError = 'must be an IP address to listen on (:: or 0.0.0.0 for all interfaces) or a host name';
+const listenAddress = z
+  .string({ error: addressError })
+  .refine((a) => isIP(a) !== 0 || /^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$/i.test(a), { error: addressError });
+
+// ---------------------------------------------------------------------------
+// Sections.
+
+const tlsFilesSchema = section({
+  cert: nonEmptyString('the path of a PEM certificate file (chain allowed)'),
+  key: nonEmptyString('the path of a PEM private key file'),
+});
+
+export const hostSchema = section({
+  domain,
+  /** When absent the global `modules` list applies. */
+  modules: moduleList().optional(),
+  modules_disabled: moduleList().prefault([]),
+  /** When absent, `<certs.dir>/<domain>.crt|.key` is used, generated if missing. */
+  tls: tlsFilesSchema.optional(),
+});
+
+export const listenerSchema = section({
+  type: oneOf(['c2s']).prefault('c2s'),
+  port: intBetween(1, 65535),
+  address: listenAddress.prefault('::'),
+  /** `starttls` upgrades a plain connection (RFC 6120); `direct` is TLS from the first byte (XEP-0368). */
+  tls: oneOf(['starttls', 'direct']).prefault('starttls'),
+  /** Only meaningful for `starttls`: refuse anything but STARTTLS before TLS is up. */
+  starttls_required: bool.prefault(true),
+});
+
+const storageSchema = section({
+  driver: oneOf(['sqlite', 'memory']).prefault('sqlite'),
+  path: nonEmptyString('a file path').prefault('data/chorus.sqlite'),
+});
+
+const throttleSchema = section({
+  delay_after: intBetween(0).prefault(3),
+  delay_ms: intBetween(0).prefault(1000),
+  max_delay_ms: intBetween(0).prefault(10000),
+  ban_after: intBetween(0).prefault(10),
+  ban_seconds: intBetween(0).prefault(300),
+  window_seconds: intBetween(1).prefault(600),
+});
+
+const authSchema = section({
+  // 4096 is the minimum RFC 7677 recommends for SCRAM-SHA-256.
+  scram_iterations: intBetween(4096, 10_000_000).prefault(4096),
+  /** Allow-list of SASL mechanisms; absent means every mechanism the server implements. */
+  mechanisms: list(mechanism, 'SASL mechanism names')
+    .min(1, { error: 'must list at least one mechanism' })
+    .optional(),
+  throttle: throttleSchema.prefault({}),
+});
+
+const limitsSchema = section({
+  stanza_size: intBetween(1024).prefault(262144),
+  stanza_size_preauth: intBetween(512).prefault(16384),
+  max_depth: intBetween(2, 1024).prefault(64),
+  max_attributes: intBetween(1, 10_000).prefault(64),
+  max_resources_per_user: intBetween(1).prefault(10),
+  handshake_timeout: intBetween(1, 3600).prefault(30),
+}).superRefine((limits, ctx) => {
+  if (limits.stanza_size_preauth > limits.stanza_size) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['stanza_size_preauth'],
+      message: `must not exceed limits.stanza_size (${limits.stanza_size}), got ${limits.stanza_size_preauth}`,
+    });
+  }
+});
+
+const sessionsSchema = section({
+  /** What happens when a client binds a resource that is already online. */
+  conflict: oneOf(['replace_old', 'refuse_new']).prefault('replace_old'),
+});
+
+const logSchema = section({
+  level: oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).prefault('info'),
+  /** `auto` is pretty on a terminal and JSON otherwise. */
+  format: oneOf(['auto', 'json', 'pretty']).prefault('auto'),
+});
+
+const certsSchema = section({
+  dir: nonEmptyString('a directory path').prefault('certs'),
+});
+
+const moduleOptionsSchema = z.record(
+  z.string(),
+  z.record(z.string(), z.unknown(), { error: 'must be a mapping of options for that module' }),
+  { error: 'must be a mapping from module name to its options' },
+);
+
+// Two listeners collide when they share a port and either the same address
+// or one of them listens on all interfaces (on Linux `::` is dual-stack and
+// covers 0.0.0.0 as well).
+const WILDCARD_ADDRESSES = new Set(['::', '0.0.0.0', '::0', '0:0:0:0:0:0:0:0']);
+
+export const configSchema = section({
+  hosts: list(hostSchema, 'hosts')
+    .min(1, { error: 'must list at least one host' })
+    .prefault([{ domain: 'localhost' }]),
+  modules: moduleList().prefault(['disco', 'ping', 'version', 'time', 'register']),
+  module_options: moduleOptionsSchema.prefault({ register: { allow_registration: false } }),
+  listeners: list(listenerSchema, 'listeners').prefault([
+    { type: 'c2s', port: 5222, address: '::', tls: 'starttls', starttls_required: true },
+    { type: 'c2s', port: 5223, address: '::', tls: 'direct' },
+  ]),
+  storage: storageSchema.prefault({}),
+  certs: certsSchema.prefault({}),
+  auth: authSchema.prefault({}),
+  limits: limitsSchema.prefault({}),
+  sessions: sessionsSchema.prefault({}),
+  log: logSchema.prefault({}),
+}).superRefine((config, ctx) => {
+  const domains = new Map<string, number>();
+  config.hosts.forEach((host, i) => {
+    const first = domains.get(host.domain);
+    if (first !== undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['hosts', i, 'domain'],
+        message: `duplicates hosts[${first}].domain '${host.domain}'; each domain may be listed once`,
+      });
+    } else {
+      domains.set(host.domain, i);
+    }
+  });
+
+  config.listeners.forEach((listener, i) => {
+    for (let j = 0; j < i; j++) {
+      const other = config.listeners[j]!;
+      if (other.port !== listener.port) continue;
+      const sameAddress =
+        other.address === listener.address ||
+        WILDCARD_ADDRESSES.has(other.address) ||
+        WILDCARD_ADDRESSES.has(listener.address);
+      if (sameAddress) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['listeners', i, 'port'],
+          message: `${listener.port} on address '${listener.address}' is already used by listeners[${j}] (address '${other.address}'); give each listener its own port`,
+        });
+        break;
+      }
+    }
+  });
+});
+
+export type ChorusConfig = z.output<typeof configSchema>;
+export type HostConfig = ChorusConfig['hosts'][number];
+export type ListenerConfig = ChorusConfig['listeners'][number];
+export type StorageConfig = ChorusConfig['storage'];
+export type AuthConfig = ChorusConfig['auth'];
+export type ThrottleConfig = AuthConfig['throttle'];
+export type LimitsConfig = ChorusConfig['limits'];
+export type SessionsConfig = ChorusConfig['sessions'];
+export type LogConfig = ChorusConfig['log'];
+
+/** The configuration an empty file yields; a fresh object each call. */
+export function defaultConfig(): ChorusConfig {
+  return configSchema.parse({});
+}
+
+/**
+ * Modules to load for one host: its own `modules` list if given, else the
+ * global list, minus `modules_disabled`. Whether a module then activates
+ * (e.g. register needs `allow_registration`) is the module's decision.
+ */
+export function modulesForHost(config: Pick<ChorusConfig, 'modules'>, host: HostConfig): string[] {
+  const base = host.modules ?? config.modules;
+  const disabled = new Set(host.modules_disabled);
+  return base.filter((name) => !disabled.has(name));
+}

@@ -1,0 +1,176 @@
+// Loads modules for a host, validates their options, orders them by their
+// declared dependencies, and unloads them with everything they registered.
+import { isAbsolute, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import type { Element } from 'ltx';
+import type { Logger } from 'pino';
+import type { z } from 'zod';
+import type { Handler } from '../events.ts';
+import type { Host } from '../host.ts';
+import { DEFAULT_PRIORITY } from '../router/router.ts';
+import type { ChorusEvents, IqEvent } from '../router/events.ts';
+import type { StorageDriver } from '../storage/types.ts';
+import type {
+  AccountService,
+  IqTarget,
+  ModuleContext,
+  ModuleDefinition,
+  SessionService,
+  StorageService,
+} from './api.ts';
+import { builtinModules } from '../../modules/index.ts';
+
+export class ModuleError extends Error {}
+
+/** What the loader needs from the server. */
+export interface ModuleEnvironment {
+  log: Logger;
+  storage: StorageDriver;
+  accountsFor(host: string): AccountService;
+  sessions: SessionService;
+  route(stanza: Element): void;
+}
+
+export interface LoadedModule {
+  definition: ModuleDefinition;
+  api: unknown;
+  unload(): Promise<void>;
+}
+
+/** Finds a module definition: a built-in name, or a path to a module file. */
+export async function resolveModule(name: string): Promise<ModuleDefinition> {
+  const builtin = builtinModules[name];
+  if (builtin) return (await builtin()).default as ModuleDefinition;
+  if (name.includes('/') || name.endsWith('.ts') || name.endsWith('.js')) {
+    const path = isAbsolute(name) ? name : resolve(process.cwd(), name);
+    const mod = (await import(pathToFileURL(path).href)) as { default?: ModuleDefinition };
+    if (!mod.default?.setup) throw new ModuleError(`${path} does not export a module (default export from defineModule)`);
+    return mod.default;
+  }
+  const known = Object.keys(builtinModules).sort().join(', ');
+  throw new ModuleError(`unknown module '${name}'; built-in modules are: ${known}`);
+}
+
+/** Puts modules after their dependencies; reports missing ones and cycles. */
+export function orderByDependencies(defs: ModuleDefinition[], host: string): ModuleDefinition[] {
+  const byName = new Map(defs.map((d) => [d.name, d]));
+  const ordered: ModuleDefinition[] = [];
+  const state = new Map<string, 'visiting' | 'done'>();
+  const visit = (def: ModuleDefinition, path: string[]) => {
+    if (state.get(def.name) === 'done') return;
+    if (state.get(def.name) === 'visiting') {
+      throw new ModuleError(`modules on ${host} depend on each other in a cycle: ${[...path, def.name].join(' -> ')}`);
+    }
+    state.set(def.name, 'visiting');
+    for (const dep of def.dependencies ?? []) {
+      const d = byName.get(dep);
+      if (!d) throw new ModuleError(`module '${def.name}' on ${host} needs module '${dep}': add it to the module list`);
+      visit(d, [...path, def.name]);
+    }
+    state.set(def.name, 'done');
+    ordered.push(def);
+  };
+  for (const def of defs) visit(def, []);
+  return ordered;
+}
+
+export function validateOptions(def: ModuleDefinition, raw: unknown, where: string): unknown {
+  if (!def.options) return raw ?? {};
+  const result = (def.options as z.ZodType).safeParse(raw ?? {});
+  if (result.success) return result.data;
+  const problems = result.error.issues
+    .map((i) => `${where}.${i.path.join('.')}${i.path.length ? '' : '(root)'}: ${i.message}`)
+    .join('; ');
+  throw new ModuleError(`invalid options for module '${def.name}': ${problems}`);
+}
+
+export async function loadModule(
+  host: Host,
+  def: ModuleDefinition,
+  options: unknown,
+  env: ModuleEnvironment,
+  loaded: ReadonlyMap<string, LoadedModule>,
+): Promise<LoadedModule> {
+  const disposers: (() => void)[] = [];
+  const unloadHooks: (() => void | Promise<void>)[] = [];
+  const log = env.log.child({ module: def.name, host: host.domain });
+
+  const hook = <K extends keyof ChorusEvents>(event: K, handler: Handler<ChorusEvents[K]>, priority = 0) => {
+    if (priority <= DEFAULT_PRIORITY) {
+      throw new ModuleError(`module '${def.name}': hook priority must be above ${DEFAULT_PRIORITY} (the core default)`);
+    }
+    disposers.push(host.events.on(event, handler, priority));
+  };
+
+  const storage: StorageService = {
+    keyval: (store) => env.storage.keyval(host.domain, store),
+    map: (store) => env.storage.map(host.domain, store),
+    archive: (store) => env.storage.archive(host.domain, store),
+  };
+
+  const ctx: ModuleContext<unknown> = {
+    host: host.domain,
+    hostJid: host.jid,
+    options: options as Readonly<unknown>,
+    log,
+    accounts: env.accountsFor(host.domain),
+    sessions: env.sessions,
+    storage,
+    hook,
+    handleIq(type, ns, name, handler: Handler<IqEvent>, targets: IqTarget[] = ['host']) {
+      for (const target of targets) hook(`iq-${type}/${target}/${ns}:${name}`, handler);
+    },
+    addFeature: (ns) => disposers.push(host.addFeature(ns)),
+    addIdentity: (identity) => disposers.push(host.addIdentity(identity)),
+    features: () => host.features(),
+    identities: () => host.identities(),
+    send: (stanza) => env.route(stanza),
+    sendIq(stanza, timeoutMs = 30_000) {
+      if (!stanza.attrs.from) stanza.attrs.from = host.domain;
+      const answer = host.expectIqResponse(stanza, timeoutMs);
+      env.route(stanza);
+      return answer;
+    },
+    setTimeout(fn, ms) {
+      const timer = setTimeout(fn, ms);
+      const cancel = () => clearTimeout(timer);
+      disposers.push(cancel);
+      return cancel;
+    },
+    setInterval(fn, ms) {
+      const timer = setInterval(fn, ms);
+      timer.unref();
+      const cancel = () => clearInterval(timer);
+      disposers.push(cancel);
+      return cancel;
+    },
+    onUnload: (fn) => unloadHooks.push(fn),
+    dependency<T>(name: string): T {
+      if (!(def.dependencies ?? []).includes(name)) {
+        throw new ModuleError(`module '${def.name}' uses '${name}' without declaring it in dependencies`);
+      }
+      const dep = loaded.get(name);
+      if (!dep) throw new ModuleError(`module '${def.name}': dependency '${name}' is not loaded`);
+      return dep.api as T;
+    },
+  };
+
+  let api: unknown;
+  try {
+    api = await def.setup(ctx);
+  } catch (err) {
+    for (const dispose of disposers.reverse()) dispose();
+    throw err;
+  }
+  log.debug('module loaded');
+  return {
+    definition: def,
+    api,
+    async unload() {
+      for (const dispose of disposers.reverse()) dispose();
+      disposers.length = 0;
+      for (const fn of unloadHooks) await fn();
+      log.debug('module unloaded');
+    },
+  };
+}

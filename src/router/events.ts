@@ -1,0 +1,96 @@
+// The typed event map. Event names follow Prosody's scheme, so module authors
+// who know Prosody find their way; in TypeScript a misspelt event family is a
+// compile error rather than a silent no-op.
+import type { Element } from 'ltx';
+import type { Jid } from '../jid.ts';
+import type { Session, StreamInfo } from '../session/session.ts';
+import type { StanzaErrorCondition, StanzaErrorOptions } from '../stanza.ts';
+
+/** How the destination of a stanza relates to the host that handles it. */
+export type AddressKind = 'bare' | 'full' | 'host';
+/** IQs from a user to their own account (no `to`, or their own bare JID) are "self". */
+export type IqAddressKind = AddressKind | 'self';
+export type IqType = 'get' | 'set' | 'result' | 'error';
+
+export interface StanzaEvent {
+  stanza: Element;
+  /** The local client session the stanza came from, or null for stanzas the server made. */
+  origin: Session | null;
+  /** The sender (always set: stamped by the router for client stanzas). */
+  from: Jid;
+  /** The addressee; for client stanzas without `to`, the sender's own bare JID. */
+  to: Jid;
+  /** The virtual host handling the event. */
+  host: string;
+}
+
+export interface IqEvent extends StanzaEvent {
+  /** The IQ's single payload element (get/set). */
+  payload: Element;
+  /** Sends a result, optionally with a payload. */
+  reply(payload?: Element): void;
+  /** Sends an error reply. */
+  error(condition: StanzaErrorCondition, opts?: StanzaErrorOptions): void;
+}
+
+export interface SessionEvent {
+  session: Session;
+}
+
+export interface SessionEndEvent extends SessionEvent {
+  /** Why the session ended: 'closed' by the client, 'error', 'replaced', 'shutdown'. */
+  reason: string;
+}
+
+export interface StreamFeaturesEvent {
+  stream: StreamInfo;
+  /** Append feature elements to this list. */
+  features: Element[];
+}
+
+export interface StreamElementEvent {
+  stream: StreamInfo;
+  /** A top-level element that is not a stanza and that the core does not know. */
+  element: Element;
+  /** Writes an element to the stream. */
+  send(element: Element): void;
+}
+
+export interface PreAuthIqEvent {
+  stream: StreamInfo;
+  stanza: Element;
+  payload: Element;
+  reply(payload?: Element): void;
+  error(condition: StanzaErrorCondition, opts?: StanzaErrorOptions): void;
+}
+
+type StanzaEvents = {
+  [K in `${'message' | 'presence'}/${AddressKind}`]: StanzaEvent;
+} & {
+  [K in `pre-${'message' | 'presence' | 'iq'}/${AddressKind}`]: StanzaEvent;
+} & {
+  [K in `iq/${IqAddressKind}`]: StanzaEvent;
+} & {
+  [K in `iq-${IqType}/${IqAddressKind}/${string}`]: IqEvent;
+};
+
+export type ChorusEvents = StanzaEvents & {
+  /** A session bound a resource and can now send and receive stanzas. */
+  'resource-bind': SessionEvent;
+  /** A session ended; its resource is gone. */
+  'resource-unbind': SessionEndEvent;
+  /** A message for an existing local user with no session to take it. */
+  'message/offline': StanzaEvent;
+  /** A stanza for a domain that is not served here (s2s hooks in here). */
+  'route/remote': StanzaEvent;
+  /** Collecting the stream features to offer (after authentication). */
+  'stream-features': StreamFeaturesEvent;
+  /** Collecting the stream features to offer before authentication. */
+  'stream-features/preauth': StreamFeaturesEvent;
+  /** A non-stanza top-level element after authentication (e.g. stream management). */
+  'stream-element': StreamElementEvent;
+  /** An IQ before authentication (in-band registration). */
+  'preauth-iq': PreAuthIqEvent;
+};
+
+export type ChorusEventName = keyof ChorusEvents;

@@ -1,0 +1,247 @@
+// The server: configuration, storage, certificates, hosts with their
+// modules, the router and the listeners, with start, reload and stop.
+import { createServer as createTcpServer, type Server as NetServer, type Socket } from 'node:net';
+import { createServer as createTlsServer } from 'node:tls';
+import type { Element } from 'ltx';
+import { InProcessDirectory, type SessionDirectory } from './cluster/directory.ts';
+import { modulesForHost, type ChorusConfig, type ListenerConfig } from './config/index.ts';
+import { Host } from './host.ts';
+import { createLogger, type Logger } from './log.ts';
+import type { AccountService, SessionService } from './modules/api.ts';
+import { loadModule, orderByDependencies, resolveModule, validateOptions, type LoadedModule } from './modules/loader.ts';
+import { CertificateStore } from './net/certs.ts';
+import { Router } from './router/router.ts';
+import { AuthThrottle } from './sasl/throttle.ts';
+import { Accounts } from './storage/accounts.ts';
+import { openStorage } from './storage/index.ts';
+import type { StorageDriver } from './storage/types.ts';
+import { C2SStream } from './stream/c2s.ts';
+import type { C2SEnvironment } from './stream/environment.ts';
+
+export interface ServerOptions {
+  /** Used in messages about the configuration. */
+  configPath?: string;
+  log?: Logger;
+  /** Replaces the configured storage (tests). */
+  storage?: StorageDriver;
+}
+
+export interface BoundListener {
+  config: ListenerConfig;
+  server: NetServer;
+  port: number;
+  address: string;
+}
+
+export class Server implements C2SEnvironment {
+  readonly hosts = new Map<string, Host>();
+  readonly streams = new Set<C2SStream>();
+  readonly directory: SessionDirectory = new InProcessDirectory();
+  readonly router: Router;
+  readonly certs: CertificateStore;
+  readonly accounts: Accounts;
+  readonly storage: StorageDriver;
+  readonly log: Logger;
+  throttle: AuthThrottle;
+  listeners: BoundListener[] = [];
+  private readonly modules = new Map<string, Map<string, LoadedModule>>();
+  private stopping = false;
+
+  constructor(
+    public config: ChorusConfig,
+    private readonly opts: ServerOptions = {},
+  ) {
+    this.log = opts.log ?? createLogger(config.log);
+    this.storage = opts.storage ?? openStorage(config.storage);
+    this.accounts = new Accounts(this.storage, config.auth.scram_iterations);
+    this.certs = new CertificateStore({ log: (msg) => this.log.info(msg) });
+    this.throttle = makeThrottle(config);
+    this.router = new Router({
+      hosts: this.hosts,
+      directory: this.directory,
+      userExists: (host, username) => this.accounts.exists(host, username),
+      log: this.log,
+    });
+  }
+
+  get defaultHost(): string {
+    return this.config.hosts[0]!.domain;
+  }
+
+  /** Loads certificates and modules, then opens the listeners. */
+  async start(): Promise<void> {
+    await this.certs.load(this.certSources(), this.config.certs.dir);
+    for (const hostConfig of this.config.hosts) await this.addHost(hostConfig.domain);
+    for (const listener of this.config.listeners) this.listeners.push(await this.listen(listener));
+    this.log.info(
+      {
+        hosts: [...this.hosts.keys()],
+        listeners: this.listeners.map((l) => `${l.config.tls}:${l.address}:${l.port}`),
+      },
+      'Chorus is ready',
+    );
+  }
+
+  private certSources() {
+    return this.config.hosts.map((h) => ({ domain: h.domain, cert: h.tls?.cert, key: h.tls?.key }));
+  }
+
+  private async addHost(domain: string): Promise<void> {
+    const host = new Host(domain);
+    this.router.installDefaults(host);
+    this.hosts.set(domain, host);
+    await this.loadHostModules(host);
+  }
+
+  private async loadHostModules(host: Host): Promise<void> {
+    const hostConfig = this.config.hosts.find((h) => h.domain === host.domain)!;
+    const names = modulesForHost(this.config, hostConfig);
+    const definitions = [];
+    for (const name of names) definitions.push(await resolveModule(name));
+    const loaded = new Map<string, LoadedModule>();
+    this.modules.set(host.domain, loaded);
+    for (const def of orderByDependencies(definitions, host.domain)) {
+      const options = validateOptions(def, this.config.module_options[def.name], `module_options.${def.name}`);
+      loaded.set(def.name, await loadModule(host, def, options, this.moduleEnvironment(), loaded));
+    }
+  }
+
+  private async unloadHostModules(domain: string): Promise<void> {
+    const loaded = this.modules.get(domain);
+    if (!loaded) return;
+    for (const mod of [...loaded.values()].reverse()) await mod.unload();
+    this.modules.delete(domain);
+  }
+
+  /** The modules loaded on a host, by name (for `chorus check` and tests). */
+  loadedModules(domain: string): ReadonlyMap<string, LoadedModule> {
+    return this.modules.get(domain) ?? new Map();
+  }
+
+  private moduleEnvironment() {
+    const sessions: SessionService = {
+      resources: (bare) => this.directory.resources(bare),
+      get: (full) => this.directory.get(full),
+    };
+    return {
+      log: this.log,
+      storage: this.storage,
+      sessions,
+      accountsFor: (host: string): AccountService => ({
+        exists: (u) => this.accounts.exists(host, u),
+        create: (u, p) => this.accounts.create(host, u, p),
+        setPassword: (u, p) => this.accounts.setPassword(host, u, p),
+        delete: (u) => this.accounts.delete(host, u),
+      }),
+      route: (stanza: Element) => void this.router.route(stanza, null),
+    };
+  }
+
+  private async listen(config: ListenerConfig): Promise<BoundListener> {
+    const options = {
+      tls: config.tls,
+      starttlsRequired: config.tls === 'starttls' && config.starttls_required,
+    };
+    const accept = (socket: Socket) => {
+      if (this.stopping) {
+        socket.destroy();
+        return;
+      }
+      socket.setNoDelay(true);
+      socket.setKeepAlive(true, 60_000);
+      new C2SStream(socket, this, options);
+    };
+    const server =
+      config.tls === 'direct'
+        ? createTlsServer(
+            {
+              ...this.certs.defaultContextOptions(),
+              SNICallback: this.certs.sniCallback,
+              // XEP-0368: direct TLS clients negotiate ALPN "xmpp-client".
+              ALPNProtocols: ['xmpp-client'],
+            },
+            accept,
+          )
+        : createTcpServer(accept);
+    server.on('tlsClientError', (err: Error) => this.log.debug({ err: err.message }, 'TLS handshake failed'));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(config.port, config.address, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    server.on('error', (err) => this.log.error({ err }, 'listener error'));
+    const addr = server.address();
+    const port = typeof addr === 'object' && addr ? addr.port : config.port;
+    return { config, server, port, address: config.address };
+  }
+
+  /**
+   * SIGHUP: re-read certificates and apply a new configuration without
+   * dropping sessions. Hosts and modules are reloaded; listeners stay as
+   * they are (changing ports needs a restart, and says so).
+   */
+  async reload(next: ChorusConfig): Promise<void> {
+    await this.certs.reload(
+      next.hosts.map((h) => ({ domain: h.domain, cert: h.tls?.cert, key: h.tls?.key })),
+      next.certs.dir,
+    );
+    for (const l of this.listeners) {
+      if (l.config.tls === 'direct' && 'setSecureContext' in l.server) {
+        (l.server as unknown as { setSecureContext(o: object): void }).setSecureContext({
+          ...this.certs.defaultContextOptions(),
+          SNICallback: this.certs.sniCallback,
+          ALPNProtocols: ['xmpp-client'],
+        });
+      }
+    }
+    if (JSON.stringify(next.listeners) !== JSON.stringify(this.config.listeners)) {
+      this.log.warn('listener changes take effect at the next restart');
+    }
+    const previous = this.config;
+    this.config = { ...next, listeners: previous.listeners, storage: previous.storage };
+    this.throttle = makeThrottle(this.config);
+    const wanted = new Set(next.hosts.map((h) => h.domain));
+    for (const domain of [...this.hosts.keys()]) {
+      await this.unloadHostModules(domain);
+      if (!wanted.has(domain)) {
+        for (const stream of this.streams) if (stream.host === domain) stream.close('host-gone');
+        this.hosts.delete(domain);
+      }
+    }
+    for (const domain of wanted) {
+      const existing = this.hosts.get(domain);
+      if (existing) await this.loadHostModules(existing);
+      else await this.addHost(domain);
+    }
+    this.log.info({ hosts: [...wanted] }, 'configuration reloaded');
+  }
+
+  /** Closes every stream with `system-shutdown`, flushes storage, closes listeners. */
+  async stop(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    const closing = this.listeners.map((l) => new Promise<void>((resolve) => l.server.close(() => resolve())));
+    for (const stream of [...this.streams]) stream.close('system-shutdown', 'The server is shutting down');
+    for (const domain of [...this.hosts.keys()]) await this.unloadHostModules(domain);
+    for (const host of this.hosts.values()) host.cancelPendingIqs();
+    await this.storage.flush();
+    await this.storage.close();
+    // Give sockets a moment to flush their closing tags, then stop waiting.
+    await Promise.race([Promise.all(closing), new Promise((r) => setTimeout(r, 1000).unref())]);
+    this.log.info('stopped');
+  }
+}
+
+function makeThrottle(config: ChorusConfig): AuthThrottle {
+  const t = config.auth.throttle;
+  return new AuthThrottle({
+    delayAfter: t.delay_after,
+    delayMs: t.delay_ms,
+    maxDelayMs: t.max_delay_ms,
+    banAfter: t.ban_after,
+    banSeconds: t.ban_seconds,
+    windowSeconds: t.window_seconds,
+  });
+}

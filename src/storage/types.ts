@@ -1,0 +1,174 @@
+// The storage API, after Prosody's: a driver hands out three kinds of store
+// (keyval, map, archive), each namespaced by (host, store) and then by user.
+// Everything is async from the start so that network-backed drivers (MongoDB,
+// later) fit the same interface as the in-process ones.
+
+import { randomBytes } from 'node:crypto';
+
+export type JsonValue = null | boolean | number | string | JsonValue[] | { [k: string]: JsonValue };
+
+/** One value per user. */
+export interface KeyValStore<T = JsonValue> {
+  get(user: string): Promise<T | null>;
+  /** Passing null deletes the user's value. */
+  set(user: string, value: T | null): Promise<void>;
+  /** Users that currently have a value, in no promised order. */
+  users(): AsyncIterable<string>;
+}
+
+/** Many keyed values per user. */
+export interface MapStore<T = JsonValue> {
+  get(user: string, key: string): Promise<T | null>;
+  /** Passing null deletes the key. */
+  set(user: string, key: string, value: T | null): Promise<void>;
+  getAll(user: string): Promise<Map<string, T>>;
+  deleteAll(user: string): Promise<void>;
+}
+
+export interface ArchiveItem<T = JsonValue> {
+  id: string;
+  /** Milliseconds since the epoch. */
+  when: number;
+  /** The other party, a bare or full JID. */
+  with: string;
+  value: T;
+  /** Searchable text (e.g. the message body), indexed for full-text queries. */
+  text?: string;
+}
+
+export interface ArchiveQuery {
+  /** Inclusive lower bound on `when` (ms). */
+  start?: number;
+  /** Inclusive upper bound on `when` (ms). */
+  end?: number;
+  /** A bare JID also matches items stored with any full JID of it; a full JID matches exactly. */
+  with?: string;
+  /** Only these ids (those that exist). */
+  ids?: string[];
+  /** Items strictly before this id, or `true` for the last page. Pages backwards. */
+  before?: string | true;
+  /** Items strictly after this id. */
+  after?: string;
+  limit?: number;
+  /** Newest first. */
+  reverse?: boolean;
+  /** Also count every item matching the filters, ignoring paging. */
+  total?: boolean;
+  /** Every whitespace/punctuation separated term must occur as a word of `text`. */
+  text?: string;
+}
+
+export interface ArchiveResult<T> {
+  items: ArchiveItem<T>[];
+  total?: number;
+  /** True when no further items exist beyond this page in the paging direction. */
+  complete: boolean;
+}
+
+export interface ArchiveCaps {
+  total: boolean;
+  fullText: boolean;
+  ids: boolean;
+  before: boolean;
+  quota?: number;
+}
+
+export type ArchiveDeleteQuery = Omit<ArchiveQuery, 'limit' | 'total' | 'reverse' | 'before' | 'after'> & {
+  /** Only items with `when` strictly below this (ms). */
+  olderThan?: number;
+};
+
+export interface ArchiveAppend<T = JsonValue> {
+  /** Caller-chosen id; an existing item with the same id (same user) is replaced. */
+  id?: string;
+  /** Defaults to now. */
+  when?: number;
+  with: string;
+  value: T;
+  text?: string;
+}
+
+export interface ArchiveSummaryEntry {
+  count: number;
+  first: number;
+  last: number;
+}
+
+export interface ArchiveStore<T = JsonValue> {
+  caps: ArchiveCaps;
+  /** Resolves to the item's id (generated when not given). */
+  append(user: string, item: ArchiveAppend<T>): Promise<string>;
+  /** Throws ItemNotFoundError when `before`/`after` names an id the user's archive lacks. */
+  find(user: string, query?: ArchiveQuery): Promise<ArchiveResult<T>>;
+  /** Deletes what matches (everything when no query); resolves to how many items went. */
+  delete(user: string, query?: ArchiveDeleteQuery): Promise<number>;
+  count(user: string): Promise<number>;
+  /** Per `with` value as stored: item count and first/last `when`. */
+  summary(user: string): Promise<Map<string, ArchiveSummaryEntry>>;
+  /**
+   * Retention across every user of this (host, store): deletes all items with
+   * `when` strictly below the cut-off, at most `batchSize` per transaction so a
+   * large purge does not hold the database for long. Resolves to the total removed.
+   */
+  deleteOlderThan?(when: number, batchSize: number): Promise<number>;
+}
+
+export interface StorageDriver {
+  readonly name: string;
+  keyval<T = JsonValue>(host: string, store: string): KeyValStore<T>;
+  map<T = JsonValue>(host: string, store: string): MapStore<T>;
+  archive<T = JsonValue>(host: string, store: string): ArchiveStore<T>;
+  /** Resolves once every write issued so far is durable in the driver. */
+  flush(): Promise<void>;
+  /** Flushes, then releases the driver; it must not be used afterwards. */
+  close(): Promise<void>;
+}
+
+/** Thrown by ArchiveStore.find for an unknown before/after id, so MAM can answer item-not-found. */
+export class ItemNotFoundError extends Error {
+  readonly id: string;
+  constructor(id: string) {
+    super(`archive item not found: ${id}`);
+    this.name = 'ItemNotFoundError';
+    this.id = id;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers shared by the drivers, kept here so that they agree exactly.
+
+/**
+ * A fresh archive id: 16 URL-safe characters from 96 random bits. Random
+ * rather than time-ordered because ordering comes from (when, insertion), and
+ * ids must not leak anything a client could use to guess other ids.
+ */
+export function generateArchiveId(): string {
+  return randomBytes(12).toString('base64url');
+}
+
+/** The bare part of a JID string (everything before the first '/'). */
+export function bareJid(jid: string): string {
+  const slash = jid.indexOf('/');
+  return slash === -1 ? jid : jid.slice(0, slash);
+}
+
+/**
+ * Splits text into lower-cased, diacritic-free words the way SQLite's
+ * unicode61 tokenizer (remove_diacritics 2) does, so the memory driver's
+ * full-text matching agrees with the SQLite driver's FTS5 index.
+ */
+export function textTerms(text: string): string[] {
+  return text
+    .normalize('NFKD')
+    .replace(/\p{M}/gu, '')
+    .toLowerCase()
+    .split(/[^\p{L}\p{N}\p{Co}]+/u)
+    .filter((w) => w.length > 0);
+}
+
+/** Rejects limits that would make paging meaningless rather than guessing. */
+export function checkLimit(limit: number | undefined): void {
+  if (limit !== undefined && (!Number.isInteger(limit) || limit < 0)) {
+    throw new RangeError(`archive limit must be a non-negative integer, got ${limit}`);
+  }
+}
