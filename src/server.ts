@@ -1,5 +1,6 @@
 // The server: configuration, storage, certificates, hosts with their
 // modules, the router and the listeners, with start, reload and stop.
+import { randomBytes } from 'node:crypto';
 import { createServer as createTcpServer, type Server as NetServer, type Socket } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
 import type { Element } from 'ltx';
@@ -11,6 +12,7 @@ import type { AccountService, SessionService } from './modules/api.ts';
 import { loadModule, orderByDependencies, resolveModule, validateOptions, type LoadedModule } from './modules/loader.ts';
 import { CertificateStore } from './net/certs.ts';
 import { Router } from './router/router.ts';
+import { setScramFakeSaltSecret } from './sasl/mechanisms.ts';
 import { AuthThrottle } from './sasl/throttle.ts';
 import { Accounts } from './storage/accounts.ts';
 import { openStorage } from './storage/index.ts';
@@ -70,6 +72,7 @@ export class Server implements C2SEnvironment {
 
   /** Loads certificates and modules, then opens the listeners. */
   async start(): Promise<void> {
+    await this.loadServerSecrets();
     await this.certs.load(this.certSources(), this.config.certs.dir);
     for (const hostConfig of this.config.hosts) await this.addHost(hostConfig.domain);
     for (const listener of this.config.listeners) this.listeners.push(await this.listen(listener));
@@ -80,6 +83,20 @@ export class Server implements C2SEnvironment {
       },
       'Chorus is ready',
     );
+  }
+
+  /**
+   * The secret behind the fake SCRAM salts of unknown users must survive
+   * restarts, or a changing salt would reveal that a user does not exist.
+   */
+  private async loadServerSecrets(): Promise<void> {
+    const secrets = this.storage.keyval<string>('*', 'server-secrets');
+    let secret = await secrets.get('scram-fake-salt');
+    if (!secret) {
+      secret = randomBytes(32).toString('base64');
+      await secrets.set('scram-fake-salt', secret);
+    }
+    setScramFakeSaltSecret(Buffer.from(secret, 'base64'));
   }
 
   private certSources() {

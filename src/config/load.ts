@@ -250,7 +250,11 @@ function parseEnvValue(text: string): unknown {
   const doc = parseDocument(text, { prettyErrors: false });
   if (doc.errors.length > 0) return text;
   const value: unknown = doc.toJS();
-  return typeof value === 'string' || value === null || value === undefined ? text : value;
+  if (typeof value === 'number' || typeof value === 'boolean') return value;
+  // Only explicit flow collections; `a: b` or `- x` in a value is far more
+  // likely a literal string than an intended block mapping or list.
+  if (typeof value === 'object' && value !== null && /^\s*[[{]/.test(text)) return value;
+  return text;
 }
 
 function envFor(overrides: EnvOverride[], subject: (string | number)[]): string | undefined {

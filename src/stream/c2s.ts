@@ -385,7 +385,16 @@ export class C2SStream implements StreamInfo, Session {
     return socket.getPeerFinished() ?? null;
   }
 
+  private saslCtx: SaslContext | null = null;
+
+  /** One SASL context per TLS state of the stream. */
   private saslContext(): SaslContext {
+    if (this.saslCtx && this.saslCtx.secure === this.secure) return this.saslCtx;
+    this.saslCtx = this.makeSaslContext();
+    return this.saslCtx;
+  }
+
+  private makeSaslContext(): SaslContext {
     const bindings: SaslContext['channelBindings'] = {};
     for (const type of this.channelBindingTypes()) bindings[type] = () => this.channelBindingData(type);
     // COMPAT: slixmpp (Debian 1.8) always asks for tls-unique, also on TLS 1.3
@@ -396,6 +405,7 @@ export class C2SStream implements StreamInfo, Session {
     return {
       secure: this.secure,
       channelBindings: bindings,
+      scramIterations: this.env.config.auth.scram_iterations,
       lookup: async (username) => {
         let local: string;
         try {
@@ -422,9 +432,10 @@ export class C2SStream implements StreamInfo, Session {
     if (element.name === 'auth') {
       if (this.sasl) this.sasl = null; // a new attempt replaces an unfinished one
       const name = element.attrs.mechanism as string | undefined;
-      const factory = offeredMechanisms(this.saslContext(), this.env.config.auth.mechanisms).find(
-        (m) => m.name === name,
-      );
+      // The same context that listed the mechanisms: it remembers whether
+      // -PLUS was offered, which the SCRAM downgrade check relies on.
+      const context = this.saslContext();
+      const factory = offeredMechanisms(context, this.env.config.auth.mechanisms).find((m) => m.name === name);
       if (!factory) {
         this.sendSaslFailure('invalid-mechanism', `Mechanism ${name ?? '(none)'} is not offered`);
         return;
@@ -438,7 +449,7 @@ export class C2SStream implements StreamInfo, Session {
         return;
       }
       if (verdict.delayMs > 0) await delay(verdict.delayMs);
-      this.sasl = factory.create(this.saslContext());
+      this.sasl = factory.create(context);
       const input = text === '' ? null : text === '=' ? Buffer.alloc(0) : decodeBase64(text);
       if (input === undefined) return this.saslDone({ kind: 'failure', condition: 'incorrect-encoding' });
       return this.saslDone(await this.sasl.step(input));

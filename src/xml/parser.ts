@@ -130,6 +130,34 @@ function isXmlChar(c: number): boolean {
   return c <= 0xd7ff || (c >= 0xe000 && c <= 0xfffd) || (c >= 0x10000 && c <= 0x10ffff);
 }
 
+/**
+ * Length of the complete, valid UTF-8 sequence of an allowed XML character
+ * starting at chunk[j] (lead byte >= 0x80), or 0 if it is invalid, not allowed
+ * (U+FFFE, U+FFFF), or not entirely before `end`.
+ */
+function utf8SequenceLength(chunk: Uint8Array, j: number, end: number): number {
+  const b = chunk[j];
+  if (b >= 0xc2 && b <= 0xdf) {
+    return j + 1 < end && (chunk[j + 1] & 0xc0) === 0x80 ? 2 : 0;
+  }
+  if (b >= 0xe0 && b <= 0xef) {
+    if (j + 2 >= end) return 0;
+    const b1 = chunk[j + 1];
+    const b2 = chunk[j + 2];
+    if (b1 < (b === 0xe0 ? 0xa0 : 0x80) || b1 > (b === 0xed ? 0x9f : 0xbf) || (b2 & 0xc0) !== 0x80) return 0;
+    if (b === 0xef && b1 === 0xbf && b2 >= 0xbe) return 0; // U+FFFE, U+FFFF
+    return 3;
+  }
+  if (b >= 0xf0 && b <= 0xf4) {
+    if (j + 3 >= end) return 0;
+    const b1 = chunk[j + 1];
+    if (b1 < (b === 0xf0 ? 0x90 : 0x80) || b1 > (b === 0xf4 ? 0x8f : 0xbf)) return 0;
+    if ((chunk[j + 2] & 0xc0) !== 0x80 || (chunk[j + 3] & 0xc0) !== 0x80) return 0;
+    return 4;
+  }
+  return 0;
+}
+
 const PREDEFINED_ENTITIES = new Map<string, number>([
   ['lt', 0x3c],
   ['gt', 0x3e],
@@ -356,12 +384,17 @@ export class StreamParser {
     let i = 0;
     while (i < n) {
       if (this.u8need === 0 && !this.crPending) {
-        if (this.state === S_TEXT && this.open >= 2) {
-          i = this.fastCopy(chunk, i, n, CC_TEXT_FAST);
-          if (this.dead || this.generation !== gen) return;
-          if (i >= n) break;
-        } else if (this.state === S_ATTR_VALUE) {
-          i = this.fastCopy(chunk, i, n, CC_ATTR_FAST);
+        const st = this.state;
+        let cls = 0;
+        if (st === S_TEXT) {
+          if (this.open >= 2) cls = CC_TEXT_FAST;
+        } else if (st === S_ATTR_VALUE) {
+          cls = CC_ATTR_FAST;
+        } else if ((st === S_START_NAME || st === S_ATTR_NAME || st === S_END_NAME) && !this.afterColon) {
+          cls = CC_NAME;
+        }
+        if (cls !== 0) {
+          i = this.fastCopy(chunk, i, n, cls);
           if (this.dead || this.generation !== gen) return;
           if (i >= n) break;
         }
@@ -419,16 +452,38 @@ export class StreamParser {
   }
 
   /**
-   * Bulk-copy a run of plain ASCII bytes of character data or of an attribute
-   * value. The scan never looks further than one byte past the remaining unit
-   * budget, so an oversized token is refused without being copied.
+   * Bulk-copy a run of bytes that need no per-character processing: ASCII
+   * bytes of class `cls`, plus (in character data and attribute values)
+   * complete, valid multi-byte UTF-8 sequences. Anything else, including a
+   * sequence split across chunks, is left to the byte-by-byte path, which
+   * reports errors. The scan never looks further than one byte past the
+   * remaining unit (and name) budget, so an oversized token is refused
+   * without being copied.
    */
   private fastCopy(chunk: Uint8Array, i: number, n: number, cls: number): number {
     let end = n;
-    const room = this.limits.maxStanzaBytes - this.unitBytes;
-    if (this.counting && end - i > room + 1) end = i + room + 1;
+    if (this.counting) {
+      const room = this.limits.maxStanzaBytes - this.unitBytes;
+      if (end - i > room + 1) end = i + room + 1;
+    }
+    const isName = cls === CC_NAME;
+    if (isName) {
+      const room = this.limits.maxNameBytes - this.tokLen;
+      if (end - i > room + 1) end = i + room + 1;
+    }
     let j = i;
-    while (j < end && (CC[chunk[j]] & cls) !== 0) j++;
+    while (j < end) {
+      const b = chunk[j];
+      if ((CC[b] & cls) !== 0) {
+        j++;
+      } else if (b >= 0x80 && !isName) {
+        const w = utf8SequenceLength(chunk, j, end);
+        if (w === 0) break;
+        j += w;
+      } else {
+        break;
+      }
+    }
     const len = j - i;
     if (len === 0) return i;
     if (this.counting) {
@@ -439,9 +494,18 @@ export class StreamParser {
       }
     }
     this.ensure(len);
-    this.tokBuf.set(chunk.subarray(i, j), this.tokLen);
-    this.tokLen += len;
-    if (cls === CC_TEXT_FAST) {
+    const buf = this.tokBuf;
+    let t = this.tokLen;
+    if (len > 64) {
+      buf.set(chunk.subarray(i, j), t);
+      t += len;
+    } else {
+      for (let k = i; k < j; k++) buf[t++] = chunk[k];
+    }
+    this.tokLen = t;
+    if (isName) {
+      if (t > this.limits.maxNameBytes) this.fail('policy-violation', `name exceeds ${this.limits.maxNameBytes} bytes`);
+    } else if (cls === CC_TEXT_FAST) {
       let k = j;
       while (k > i && chunk[k - 1] === 0x5d) k--;
       this.bracketRun = k > i ? j - k : this.bracketRun + len;

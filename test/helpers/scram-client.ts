@@ -45,7 +45,11 @@ export class ScramClient {
     return Buffer.from(this.gs2Header + this.clientFirstBare, 'utf8');
   }
 
-  final(serverFirst: Buffer): Buffer {
+  /**
+   * `nonceOverride` sends a different r= while still signing it correctly, to check that the
+   * server compares the nonce itself rather than relying on the proof to fail.
+   */
+  final(serverFirst: Buffer, nonceOverride?: string): Buffer {
     const text = serverFirst.toString('utf8');
     const attrs = new Map<string, string>();
     for (const part of text.split(',')) attrs.set(part.slice(0, 1), part.slice(2));
@@ -60,7 +64,7 @@ export class ScramClient {
       Buffer.from(this.gs2Header, 'utf8'),
       this.opts.cbType ? (this.opts.cbData ?? Buffer.alloc(0)) : Buffer.alloc(0),
     ]);
-    const withoutProof = `c=${cbInput.toString('base64')},r=${nonce}`;
+    const withoutProof = `c=${cbInput.toString('base64')},r=${nonceOverride ?? nonce}`;
     const authMessage = `${this.clientFirstBare},${text},${withoutProof}`;
 
     const alg = ALG[this.hash];

@@ -573,6 +573,16 @@ describe('SCRAM exchanges', () => {
       });
     }
 
+    it('checks the nonce itself, even when the proof is valid for the altered message', async () => {
+      const ctx = makeCtx({ juliet: pencil });
+      for (const wrong of ['clientnonce', 'clientnonceX', 'otherclientnonce']) {
+        const mech = factory('SCRAM-SHA-256').create(ctx);
+        const client = new ScramClient('SHA-256', 'juliet', 'pencil', { clientNonce: 'clientnonce' });
+        const serverFirst = challengeData(await mech.step(client.first()));
+        expectFailure(await mech.step(client.final(serverFirst, wrong)), 'malformed-request');
+      }
+    });
+
     it('an intact message still succeeds (sanity check for the mutations)', async () => {
       const { mech, final } = await afterFirst();
       expect((await mech.step(Buffer.from(final))).kind).to.equal('success');
