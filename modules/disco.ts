@@ -52,17 +52,23 @@ export default defineModule({
     });
 
     // The account itself (RFC 6121 / XEP-0030 section 8 "account" identity).
-    ctx.handleIq('get', NS_INFO, 'query', ({ payload, reply, error }) => {
-      if (payload.attrs.node) {
-        error('item-not-found');
+    ctx.handleIq(
+      'get',
+      NS_INFO,
+      'query',
+      ({ payload, reply, error }) => {
+        if (payload.attrs.node) {
+          error('item-not-found');
+          return true;
+        }
+        const query = new Element('query', { xmlns: NS_INFO });
+        query.c('identity', { category: 'account', type: 'registered' });
+        query.c('feature', { var: NS_INFO });
+        reply(query);
         return true;
-      }
-      const query = new Element('query', { xmlns: NS_INFO });
-      query.c('identity', { category: 'account', type: 'registered' });
-      query.c('feature', { var: NS_INFO });
-      reply(query);
-      return true;
-    }, ['self']);
+      },
+      ['self'],
+    );
 
     ctx.handleIq('get', NS_ITEMS, 'query', ({ payload, reply, error }) => {
       if (payload.attrs.node) {
@@ -75,10 +81,16 @@ export default defineModule({
       return true;
     });
 
-    ctx.handleIq('get', NS_ITEMS, 'query', ({ reply }) => {
-      reply(new Element('query', { xmlns: NS_ITEMS }));
-      return true;
-    }, ['self']);
+    ctx.handleIq(
+      'get',
+      NS_ITEMS,
+      'query',
+      ({ reply }) => {
+        reply(new Element('query', { xmlns: NS_ITEMS }));
+        return true;
+      },
+      ['self'],
+    );
 
     return {
       addItem(item) {

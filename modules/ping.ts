@@ -7,9 +7,15 @@ export default defineModule({
   xeps: [{ number: 199, version: '2.0.1' }],
   setup(ctx) {
     ctx.addFeature('urn:xmpp:ping');
-    ctx.handleIq('get', 'urn:xmpp:ping', 'ping', ({ reply }) => {
-      reply();
-      return true;
-    }, ['host', 'self']);
+    ctx.handleIq(
+      'get',
+      'urn:xmpp:ping',
+      'ping',
+      ({ reply }) => {
+        reply();
+        return true;
+      },
+      ['host', 'self'],
+    );
   },
 });

@@ -95,7 +95,10 @@ export default defineModule({
           return true;
         }
         if (!limiter.allow(stream.remoteAddress)) {
-          error('resource-constraint', { type: 'wait', text: 'Too many registrations from your address; try later' });
+          error('resource-constraint', {
+            type: 'wait',
+            text: 'Too many registrations from your address; try later',
+          });
           return true;
         }
         await ctx.accounts.create(username, password!);
@@ -106,41 +109,53 @@ export default defineModule({
     }
 
     ctx.addFeature(NS);
-    ctx.handleIq('get', NS, 'query', ({ from, reply }) => {
-      const query = new Element('query', { xmlns: NS });
-      query.c('registered');
-      query.c('username').t(from.local);
-      query.c('password');
-      reply(query);
-      return true;
-    }, ['host', 'self']);
+    ctx.handleIq(
+      'get',
+      NS,
+      'query',
+      ({ from, reply }) => {
+        const query = new Element('query', { xmlns: NS });
+        query.c('registered');
+        query.c('username').t(from.local);
+        query.c('password');
+        reply(query);
+        return true;
+      },
+      ['host', 'self'],
+    );
 
-    ctx.handleIq('set', NS, 'query', async ({ from, payload, reply, error }) => {
-      if (payload.getChild('remove')) {
-        await ctx.accounts.delete(from.local);
-        ctx.log.info({ user: from.bareString() }, 'account removed by its owner');
-        reply();
-        // XEP-0077 3.2: the account is gone, so are its sessions.
-        for (const session of await ctx.sessions.resources(from.bareString())) {
-          session.close('not-authorized', 'This account was removed');
+    ctx.handleIq(
+      'set',
+      NS,
+      'query',
+      async ({ from, payload, reply, error }) => {
+        if (payload.getChild('remove')) {
+          await ctx.accounts.delete(from.local);
+          ctx.log.info({ user: from.bareString() }, 'account removed by its owner');
+          reply();
+          // XEP-0077 3.2: the account is gone, so are its sessions.
+          for (const session of await ctx.sessions.resources(from.bareString())) {
+            session.close('not-authorized', 'This account was removed');
+          }
+          return true;
         }
+        const username = getText(payload, 'username');
+        if (username !== undefined && username !== from.local) {
+          error('not-allowed', { text: 'You can only change your own password' });
+          return true;
+        }
+        const password = getText(payload, 'password');
+        const problem = checkPassword(password);
+        if (problem) {
+          error('not-acceptable', { text: problem });
+          return true;
+        }
+        await ctx.accounts.setPassword(from.local, password!);
+        ctx.log.info({ user: from.bareString() }, 'password changed');
+        reply();
         return true;
-      }
-      const username = getText(payload, 'username');
-      if (username !== undefined && username !== from.local) {
-        error('not-allowed', { text: 'You can only change your own password' });
-        return true;
-      }
-      const password = getText(payload, 'password');
-      const problem = checkPassword(password);
-      if (problem) {
-        error('not-acceptable', { text: problem });
-        return true;
-      }
-      await ctx.accounts.setPassword(from.local, password!);
-      ctx.log.info({ user: from.bareString() }, 'password changed');
-      reply();
-      return true;
-    }, ['host', 'self']);
+      },
+      ['host', 'self'],
+    );
   },
 });

@@ -4,7 +4,9 @@ import { Element } from 'ltx';
 import { z } from 'zod';
 import { defineModule } from '../src/modules/api.ts';
 
-const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as {
+  version: string;
+};
 
 export default defineModule({
   name: 'version',
@@ -22,7 +24,8 @@ export default defineModule({
       const query = new Element('query', { xmlns: 'jabber:iq:version' });
       query.c('name').t('Chorus');
       query.c('version').t(pkg.version);
-      if (ctx.options.show_os) query.c('os').t(`${process.platform} ${process.arch}, Node.js ${process.versions.node}`);
+      if (ctx.options.show_os)
+        query.c('os').t(`${process.platform} ${process.arch}, Node.js ${process.versions.node}`);
       reply(query);
       return true;
     });

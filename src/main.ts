@@ -118,13 +118,17 @@ async function checkConfig(config: ChorusConfig): Promise<number> {
     }
     const ordered = orderByDependencies(defs, host.domain);
     process.stdout.write(`${host.domain}: modules ${ordered.map((d) => d.name).join(', ')}\n`);
-    const xeps = ordered.flatMap((d) => (d.xeps ?? []).map((x) => `XEP-${String(x.number).padStart(4, '0')}`));
+    const xeps = ordered.flatMap((d) =>
+      (d.xeps ?? []).map((x) => `XEP-${String(x.number).padStart(4, '0')}`),
+    );
     if (xeps.length) process.stdout.write(`  XEPs: ${xeps.join(', ')}\n`);
   }
   for (const l of config.listeners) {
     process.stdout.write(`listener: c2s ${l.tls} on ${l.address} port ${l.port}\n`);
   }
-  process.stdout.write(`storage: ${config.storage.driver}${config.storage.driver === 'sqlite' ? ` at ${config.storage.path}` : ''}\n`);
+  process.stdout.write(
+    `storage: ${config.storage.driver}${config.storage.driver === 'sqlite' ? ` at ${config.storage.path}` : ''}\n`,
+  );
   process.stdout.write('configuration OK\n');
   return 0;
 }
@@ -160,7 +164,9 @@ async function manageAccount(
       return 0;
     }
     if (command === 'adduser' && (await accounts.exists(jid.domain, jid.local))) {
-      process.stderr.write(`chorus: account ${jid.bareString()} exists already; use chorus passwd to change its password\n`);
+      process.stderr.write(
+        `chorus: account ${jid.bareString()} exists already; use chorus passwd to change its password\n`,
+      );
       return EXIT_FAILED;
     }
     if (command === 'passwd' && !(await accounts.exists(jid.domain, jid.local))) {
@@ -170,7 +176,9 @@ async function manageAccount(
     const password = await readPassword(opts);
     if (command === 'adduser') await accounts.create(jid.domain, jid.local, password);
     else await accounts.setPassword(jid.domain, jid.local, password);
-    process.stdout.write(`${command === 'adduser' ? 'created' : 'changed the password of'} ${jid.bareString()}\n`);
+    process.stdout.write(
+      `${command === 'adduser' ? 'created' : 'changed the password of'} ${jid.bareString()}\n`,
+    );
     return 0;
   } catch (err) {
     if (err instanceof AccountExistsError || err instanceof AccountNotFoundError) {

@@ -9,7 +9,13 @@ import { modulesForHost, type ChorusConfig, type ListenerConfig } from './config
 import { Host } from './host.ts';
 import { createLogger, type Logger } from './log.ts';
 import type { AccountService, SessionService } from './modules/api.ts';
-import { loadModule, orderByDependencies, resolveModule, validateOptions, type LoadedModule } from './modules/loader.ts';
+import {
+  loadModule,
+  orderByDependencies,
+  resolveModule,
+  validateOptions,
+  type LoadedModule,
+} from './modules/loader.ts';
 import { CertificateStore } from './net/certs.ts';
 import { Router } from './router/router.ts';
 import { setScramFakeSaltSecret } from './sasl/mechanisms.ts';
@@ -118,7 +124,11 @@ export class Server implements C2SEnvironment {
     const loaded = new Map<string, LoadedModule>();
     this.modules.set(host.domain, loaded);
     for (const def of orderByDependencies(definitions, host.domain)) {
-      const options = validateOptions(def, this.config.module_options[def.name], `module_options.${def.name}`);
+      const options = validateOptions(
+        def,
+        this.config.module_options[def.name],
+        `module_options.${def.name}`,
+      );
       loaded.set(def.name, await loadModule(host, def, options, this.moduleEnvironment(), loaded));
     }
   }
@@ -239,7 +249,9 @@ export class Server implements C2SEnvironment {
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
-    const closing = this.listeners.map((l) => new Promise<void>((resolve) => l.server.close(() => resolve())));
+    const closing = this.listeners.map(
+      (l) => new Promise<void>((resolve) => l.server.close(() => resolve())),
+    );
     for (const stream of [...this.streams]) stream.close('system-shutdown', 'The server is shutting down');
     for (const domain of [...this.hosts.keys()]) await this.unloadHostModules(domain);
     for (const host of this.hosts.values()) host.cancelPendingIqs();

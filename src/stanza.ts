@@ -117,7 +117,8 @@ export function iqResult(iq: Element, payload?: Element): Element {
 
 export function cloneElement(element: Element): Element {
   const copy = new Element(element.name, { ...element.attrs });
-  for (const child of element.children) copy.children.push(typeof child === 'string' ? child : cloneElement(child));
+  for (const child of element.children)
+    copy.children.push(typeof child === 'string' ? child : cloneElement(child));
   for (const child of copy.children) if (typeof child !== 'string') child.parent = copy;
   return copy;
 }
@@ -139,11 +140,17 @@ export function validateIq(iq: Element): IqProblem {
     case 'get':
     case 'set':
       if (children.length !== 1)
-        return { condition: 'bad-request', text: `An IQ of type ${type} must contain exactly one child element` };
+        return {
+          condition: 'bad-request',
+          text: `An IQ of type ${type} must contain exactly one child element`,
+        };
       return null;
     case 'result':
       if (children.length > 1)
-        return { condition: 'bad-request', text: 'An IQ of type result may contain at most one child element' };
+        return {
+          condition: 'bad-request',
+          text: 'An IQ of type result may contain at most one child element',
+        };
       return null;
     case 'error':
       return null;

@@ -8,7 +8,8 @@ export type MaybePromise<T> = T | Promise<T>;
 
 export type ConflictPolicy = 'replace_old' | 'refuse_new';
 
-export type BindOutcome = { ok: true; replaced: Session | null } | { ok: false; reason: 'conflict' | 'too-many' };
+export type BindOutcome =
+  { ok: true; replaced: Session | null } | { ok: false; reason: 'conflict' | 'too-many' };
 
 export interface SessionDirectory {
   /** Registers a bound session, applying the resource conflict policy. */

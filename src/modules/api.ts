@@ -99,6 +99,8 @@ export interface ModuleDefinition<S extends z.ZodType = z.ZodType, Api = unknown
 }
 
 /** Identity function that gives module authors type inference for options. */
-export function defineModule<S extends z.ZodType, Api = void>(def: ModuleDefinition<S, Api>): ModuleDefinition<S, Api> {
+export function defineModule<S extends z.ZodType, Api = void>(
+  def: ModuleDefinition<S, Api>,
+): ModuleDefinition<S, Api> {
   return def;
 }

@@ -44,7 +44,8 @@ export async function resolveModule(name: string): Promise<ModuleDefinition> {
   if (name.includes('/') || name.endsWith('.ts') || name.endsWith('.js')) {
     const path = isAbsolute(name) ? name : resolve(process.cwd(), name);
     const mod = (await import(pathToFileURL(path).href)) as { default?: ModuleDefinition };
-    if (!mod.default?.setup) throw new ModuleError(`${path} does not export a module (default export from defineModule)`);
+    if (!mod.default?.setup)
+      throw new ModuleError(`${path} does not export a module (default export from defineModule)`);
     return mod.default;
   }
   const known = Object.keys(builtinModules).sort().join(', ');
@@ -59,12 +60,17 @@ export function orderByDependencies(defs: ModuleDefinition[], host: string): Mod
   const visit = (def: ModuleDefinition, path: string[]) => {
     if (state.get(def.name) === 'done') return;
     if (state.get(def.name) === 'visiting') {
-      throw new ModuleError(`modules on ${host} depend on each other in a cycle: ${[...path, def.name].join(' -> ')}`);
+      throw new ModuleError(
+        `modules on ${host} depend on each other in a cycle: ${[...path, def.name].join(' -> ')}`,
+      );
     }
     state.set(def.name, 'visiting');
     for (const dep of def.dependencies ?? []) {
       const d = byName.get(dep);
-      if (!d) throw new ModuleError(`module '${def.name}' on ${host} needs module '${dep}': add it to the module list`);
+      if (!d)
+        throw new ModuleError(
+          `module '${def.name}' on ${host} needs module '${dep}': add it to the module list`,
+        );
       visit(d, [...path, def.name]);
     }
     state.set(def.name, 'done');
@@ -97,7 +103,9 @@ export async function loadModule(
 
   const hook = <K extends keyof ChorusEvents>(event: K, handler: Handler<ChorusEvents[K]>, priority = 0) => {
     if (priority <= DEFAULT_PRIORITY) {
-      throw new ModuleError(`module '${def.name}': hook priority must be above ${DEFAULT_PRIORITY} (the core default)`);
+      throw new ModuleError(
+        `module '${def.name}': hook priority must be above ${DEFAULT_PRIORITY} (the core default)`,
+      );
     }
     disposers.push(host.events.on(event, handler, priority));
   };

@@ -91,7 +91,10 @@ export class Router {
     const from = Jid.tryParse(stanza.attrs.from ?? '');
     const to = Jid.tryParse(stanza.attrs.to ?? '');
     if (!from || !to) {
-      this.deps.log.warn({ stanza: stanza.toString().slice(0, 300) }, 'dropping a stanza without valid from/to');
+      this.deps.log.warn(
+        { stanza: stanza.toString().slice(0, 300) },
+        'dropping a stanza without valid from/to',
+      );
       this.counters.dropped++;
       return;
     }
@@ -106,7 +109,8 @@ export class Router {
       const originHost = this.deps.hosts.get(origin?.host ?? from.domain);
       const handled = originHost ? originHost.events.fire('route/remote', event) : false;
       return after(handled, (done) => {
-        if (!done) this.bounce(stanza, 'remote-server-not-found', { text: `${to.domain} is not served here` });
+        if (!done)
+          this.bounce(stanza, 'remote-server-not-found', { text: `${to.domain} is not served here` });
       });
     }
     const kind = addressKind(to);
@@ -121,8 +125,13 @@ export class Router {
     }
     const payload = childElements(stanza)[0];
     const iqEvent = this.iqEvent(event, payload);
-    const specific = host.events.fire(`iq-${type}/${iqKind}/${payload.getNS() ?? ''}:${payload.getName()}`, iqEvent);
-    return after(specific, (handled) => (handled ? undefined : ignore(host.events.fire(`iq/${iqKind}`, iqEvent))));
+    const specific = host.events.fire(
+      `iq-${type}/${iqKind}/${payload.getNS() ?? ''}:${payload.getName()}`,
+      iqEvent,
+    );
+    return after(specific, (handled) =>
+      handled ? undefined : ignore(host.events.fire(`iq/${iqKind}`, iqEvent)),
+    );
   }
 
   private iqEvent(event: StanzaEvent, payload: Element): IqEvent {
@@ -136,7 +145,12 @@ export class Router {
   }
 
   /** Sends an error reply for `stanza` (never for an error stanza). */
-  bounce(stanza: Element, condition: StanzaErrorCondition, opts?: StanzaErrorOptions, origin?: Session | null): void {
+  bounce(
+    stanza: Element,
+    condition: StanzaErrorCondition,
+    opts?: StanzaErrorOptions,
+    origin?: Session | null,
+  ): void {
     const reply = errorReply(stanza, condition, opts);
     if (!reply) {
       this.counters.dropped++;
@@ -172,11 +186,13 @@ export class Router {
 
     const serviceUnavailable = (ev: StanzaEvent): true => {
       const type = ev.stanza.attrs.type;
-      if (type === 'get' || type === 'set') this.bounce(ev.stanza, 'service-unavailable', undefined, ev.origin);
+      if (type === 'get' || type === 'set')
+        this.bounce(ev.stanza, 'service-unavailable', undefined, ev.origin);
       else this.counters.dropped++;
       return true;
     };
-    for (const kind of ['host', 'self', 'bare'] as const) on(`iq/${kind}`, serviceUnavailable, DEFAULT_PRIORITY);
+    for (const kind of ['host', 'self', 'bare'] as const)
+      on(`iq/${kind}`, serviceUnavailable, DEFAULT_PRIORITY);
     on(
       'iq/full',
       (ev) =>
@@ -233,7 +249,8 @@ export class Router {
       'message/host',
       (ev) => {
         const type = ev.stanza.attrs.type ?? 'normal';
-        if (type === 'chat' || type === 'normal') this.bounce(ev.stanza, 'service-unavailable', undefined, ev.origin);
+        if (type === 'chat' || type === 'normal')
+          this.bounce(ev.stanza, 'service-unavailable', undefined, ev.origin);
         else this.counters.dropped++;
         return true;
       },

@@ -9,7 +9,6 @@ import { Element } from 'ltx';
 import type { Logger } from 'pino';
 import type { Host } from '../host.ts';
 import { Jid, JidError, prepareLocal, prepareResource } from '../jid.ts';
-import type { Router } from '../router/router.ts';
 import type { ChannelBindingType, SaslContext, SaslMechanism, SaslStep } from '../sasl/mechanisms.ts';
 import { offeredMechanisms } from '../sasl/mechanisms.ts';
 import type { Session, StreamInfo } from '../session/session.ts';
@@ -198,7 +197,10 @@ export class C2SStream implements StreamInfo, Session {
     this.sendHeader(header.attrs.from);
 
     if (header.localName !== 'stream' || header.namespace !== NS_STREAMS) {
-      throw new StreamError('invalid-namespace', 'The stream element must be {http://etherx.jabber.org/streams}stream');
+      throw new StreamError(
+        'invalid-namespace',
+        'The stream element must be {http://etherx.jabber.org/streams}stream',
+      );
     }
     if (header.namespaces[''] !== NS_CLIENT) {
       throw new StreamError('invalid-namespace', `This port serves ${NS_CLIENT} streams`);
@@ -207,7 +209,8 @@ export class C2SStream implements StreamInfo, Session {
     if (!version || Number.parseInt(version.split('.')[0] ?? '0', 10) < 1) {
       throw new StreamError('unsupported-version', 'XMPP 1.0 (version="1.0") is required');
     }
-    if (!this.env.hosts.has(requestedHost)) throw new StreamError('host-unknown', `${requestedHost} is not served here`);
+    if (!this.env.hosts.has(requestedHost))
+      throw new StreamError('host-unknown', `${requestedHost} is not served here`);
     if (requestedHost !== this.host) {
       // The host may not change across a restart: credentials belong to one host.
       throw new StreamError('host-unknown', `This stream was opened for ${this.host}`);
@@ -236,7 +239,6 @@ export class C2SStream implements StreamInfo, Session {
 
   private sendFeatures(): void {
     const features = new Element('stream:features');
-    const stream: StreamInfo = this;
     if (this.state === 'header') this.state = this.needsTls() ? 'pre-tls' : 'sasl';
     if (this.state === 'pre-tls' || (this.state === 'sasl' && this.canStartTls())) {
       const starttls = features.c('starttls', { xmlns: NS_TLS });
@@ -254,14 +256,14 @@ export class C2SStream implements StreamInfo, Session {
         for (const type of bindings) cb.c('channel-binding', { type });
       }
       const extra: Element[] = [];
-      void this.hostObj?.events.fire('stream-features/preauth', { stream, features: extra });
+      void this.hostObj?.events.fire('stream-features/preauth', { stream: this, features: extra });
       for (const e of extra) features.cnode(e);
     } else if (this.state === 'bind') {
       features.c('bind', { xmlns: NS_BIND });
       // draft-cridland-xmpp-session-01: advertised as optional for old clients.
       features.c('session', { xmlns: NS_SESSION }).c('optional');
       const extra: Element[] = [];
-      void this.hostObj?.events.fire('stream-features', { stream, features: extra });
+      void this.hostObj?.events.fire('stream-features', { stream: this, features: extra });
       for (const e of extra) features.cnode(e);
     }
     this.sendElement(features);
@@ -296,7 +298,10 @@ export class C2SStream implements StreamInfo, Session {
         }
         return this.handleStreamElement(element);
       case 'bound':
-        if ((element.name === 'message' || element.name === 'presence' || element.name === 'iq') && ns === NS_CLIENT) {
+        if (
+          (element.name === 'message' || element.name === 'presence' || element.name === 'iq') &&
+          ns === NS_CLIENT
+        ) {
           if (element.name === 'iq' && isSessionIq(element)) {
             this.send(iqResult(element));
             return;
@@ -316,7 +321,8 @@ export class C2SStream implements StreamInfo, Session {
       send: (e) => this.sendElement(e),
     });
     const check = (done: boolean | undefined) => {
-      if (!done) throw new StreamError('unsupported-stanza-type', `<${element.name}/> is not understood here`);
+      if (!done)
+        throw new StreamError('unsupported-stanza-type', `<${element.name}/> is not understood here`);
     };
     return handled instanceof Promise ? handled.then(check) : check(handled);
   }
@@ -435,7 +441,9 @@ export class C2SStream implements StreamInfo, Session {
       // The same context that listed the mechanisms: it remembers whether
       // -PLUS was offered, which the SCRAM downgrade check relies on.
       const context = this.saslContext();
-      const factory = offeredMechanisms(context, this.env.config.auth.mechanisms).find((m) => m.name === name);
+      const factory = offeredMechanisms(context, this.env.config.auth.mechanisms).find(
+        (m) => m.name === name,
+      );
       if (!factory) {
         this.sendSaslFailure('invalid-mechanism', `Mechanism ${name ?? '(none)'} is not offered`);
         return;
@@ -477,7 +485,8 @@ export class C2SStream implements StreamInfo, Session {
       this.env.throttle.recordFailure(this.remoteAddress);
       this.log.info({ condition: step.condition }, 'authentication failed');
       this.sendSaslFailure(step.condition, step.text);
-      if (++this.authAttempts >= MAX_AUTH_ATTEMPTS) this.close('policy-violation', 'Too many failed attempts');
+      if (++this.authAttempts >= MAX_AUTH_ATTEMPTS)
+        this.close('policy-violation', 'Too many failed attempts');
       return;
     }
     this.env.throttle.recordSuccess(this.remoteAddress);
@@ -517,7 +526,8 @@ export class C2SStream implements StreamInfo, Session {
       if (iq.attrs.type !== 'result' && iq.attrs.type !== 'error') error('bad-request');
       return;
     }
-    const handled = host?.events.fire('preauth-iq', { stream: this, stanza: iq, payload, reply, error }) ?? false;
+    const handled =
+      host?.events.fire('preauth-iq', { stream: this, stanza: iq, payload, reply, error }) ?? false;
     const fallback = (done: boolean) => {
       if (!done) error('service-unavailable', { text: 'Authenticate first' });
     };
@@ -533,7 +543,8 @@ export class C2SStream implements StreamInfo, Session {
       if (e) this.sendElement(e);
     };
     if (iq.attrs.type !== 'set' || !payload || payload.name !== 'bind' || payload.attrs.xmlns !== NS_BIND) {
-      if (iq.attrs.type === 'get' || iq.attrs.type === 'set') bounce('not-authorized', 'Bind a resource first');
+      if (iq.attrs.type === 'get' || iq.attrs.type === 'set')
+        bounce('not-authorized', 'Bind a resource first');
       return;
     }
     const requested = payload.getChildText('resource');
@@ -555,7 +566,8 @@ export class C2SStream implements StreamInfo, Session {
       else bounce('resource-constraint', 'Too many resources are connected for this account');
       return;
     }
-    if (outcome.replaced) outcome.replaced.close('conflict', 'Replaced by a new connection with the same resource');
+    if (outcome.replaced)
+      outcome.replaced.close('conflict', 'Replaced by a new connection with the same resource');
     this.bound = true;
     this.state = 'bound';
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
@@ -617,7 +629,12 @@ export class C2SStream implements StreamInfo, Session {
 
 function isSessionIq(iq: Element): boolean {
   const payload = childElements(iq)[0];
-  return iq.attrs.type === 'set' && !iq.attrs.to && payload?.name === 'session' && payload.attrs.xmlns === NS_SESSION;
+  return (
+    iq.attrs.type === 'set' &&
+    !iq.attrs.to &&
+    payload?.name === 'session' &&
+    payload.attrs.xmlns === NS_SESSION
+  );
 }
 
 function safePrep(username: string): string {
