@@ -10,6 +10,8 @@ import { configSchema, type ChorusConfig } from './schema.ts';
 export const DEFAULT_CONFIG_PATH = 'conf/chorus.yaml';
 const ENV_PREFIX = 'CHORUS_';
 const ENV_CONFIG_PATH = 'CHORUS_CONFIG';
+/** Variables under the prefix that are not option overrides: the config path and the test suite's switches. */
+const NOT_OVERRIDES = /^CHORUS_(CONFIG|TEST_.*|SKIP_.*)$/;
 
 /** One problem found in the configuration. */
 export interface ConfigIssue {
@@ -120,7 +122,13 @@ export function parseConfig(text: string, opts: ParseConfigOptions = {}): Chorus
     );
   }
 
-  const loaded: unknown = doc.toJS({ maxAliasCount: 100 }) ?? {};
+  let loaded: unknown;
+  try {
+    // The alias limit stops "billion laughs" documents from expanding without bound.
+    loaded = doc.toJS({ maxAliasCount: 100 }) ?? {};
+  } catch (err) {
+    throw new ConfigError([{ file, path: '', message: `YAML error: ${(err as Error).message}` }]);
+  }
   if (!isPlainObject(loaded)) {
     throw new ConfigError([
       {
@@ -136,8 +144,8 @@ export function parseConfig(text: string, opts: ParseConfigOptions = {}): Chorus
   const result = configSchema.safeParse(raw);
   if (!result.success) {
     const issues = explainIssues(result.error.issues, raw, (p, key) => {
-      const env = envFor(overrides, p);
-      if (env !== undefined) return { envVar: env };
+      const envVar = envFor(overrides, p);
+      if (envVar !== undefined) return { envVar };
       const pos = locate(doc, p, key);
       return pos === undefined ? { file } : at(pos);
     });
@@ -185,7 +193,7 @@ function applyEnvOverrides(raw: Record<string, unknown>, env: NodeJS.ProcessEnv)
   const defaults: unknown = configSchema.parse({});
   const applied: EnvOverride[] = [];
   const names = Object.keys(env)
-    .filter((n) => n.startsWith(ENV_PREFIX) && n !== ENV_CONFIG_PATH && nonEmpty(env[n]))
+    .filter((n) => n.startsWith(ENV_PREFIX) && !NOT_OVERRIDES.test(n) && nonEmpty(env[n]))
     .sort();
 
   for (const name of names) {

@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { createHash, createPrivateKey, X509Certificate } from 'node:crypto';
-import { cpSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
@@ -107,6 +107,8 @@ describe('certs', () => {
         ensureHostCertificate('race.example', dir),
       ]);
       expect(results.filter((r) => r.generated)).to.have.length(1);
+      // The losers' temporary files are gone.
+      expect(readdirSync(dir).sort()).to.deep.equal(['race.example.crt', 'race.example.key']);
       const x509 = new X509Certificate(readFileSync(results[0]!.certPath));
       expect(x509.checkPrivateKey(createPrivateKey(readFileSync(results[0]!.keyPath)))).to.equal(true);
     });
