@@ -103,7 +103,8 @@ function hex(cp: number): string {
   return 'U+' + cp.toString(16).toUpperCase().padStart(4, '0');
 }
 
-const IS_ASCII = /^[\x00-\x7f]*$/;
+// Written as a negated class to avoid a control character in the pattern.
+const IS_ASCII = /^[^\u0080-\uffff]*$/;
 
 function utf8Length(s: string, ascii: boolean): number {
   return ascii ? s.length : Buffer.byteLength(s, 'utf8');
@@ -365,11 +366,12 @@ function prepareLocalSlow(raw: string): string {
   if (out.length === 0) fail('local', 'must not be empty');
   const bad = LOCAL_FORBIDDEN.exec(out);
   if (bad !== null) fail('local', `must not contain '${bad[0]}'`);
+  // Length first: it is cheap and bounds the per-code-point work below.
+  checkLength('local', out, false);
   checkStringClass(out, 'identifier', 'local');
   // TODO: the Bidi Rule (RFC 5893), which UsernameCaseMapped applies as its
   // directionality rule, is not enforced: it needs Bidi_Class data that
   // JavaScript regular expressions do not expose.
-  checkLength('local', out, false);
   return out;
 }
 
@@ -416,8 +418,8 @@ function resourceRules(s: string): string {
 function prepareResourceSlow(raw: string): string {
   checkRawLength('resource', raw);
   const out = applyUntilStable(raw, resourceRules, 'resource');
+  checkLength('resource', out, false); // cheap, and bounds the work below
   checkStringClass(out, 'freeform', 'resource');
-  checkLength('resource', out, false);
   return out;
 }
 
@@ -502,14 +504,22 @@ function prepareAsciiLabel(label: string): string {
 
 /** A label containing non-ASCII after mapping: run it through IDNA ToASCII and back. */
 function prepareUnicodeLabel(label: string): string {
+  // An A-label is "xn--" plus at least one character per code point, so a
+  // longer U-label cannot fit in 63 octets; bail out before any IDNA work.
+  if (label.length > 2 * MAX_LABEL_OCTETS) fail('domain', `label exceeds ${MAX_LABEL_OCTETS} octets`);
   // Convert one label at a time: whole-domain conversion would apply the
   // WHATWG IPv4 number parser to a numeric last label.
   const a = domainToASCII(label);
   if (a === '' || a.includes('.')) fail('domain', `contains invalid label '${label}'`);
   if (a.length > MAX_LABEL_OCTETS) fail('domain', `label exceeds ${MAX_LABEL_OCTETS} octets`);
-  // UTS #46 mapping may turn the label into plain LDH (e.g. U+2177 -> "viii");
-  // otherwise this yields the U-label through aLabelToULabel.
-  return prepareAsciiLabel(a);
+  // The label must already be a U-label once our own mappings (width, case,
+  // NFC) are applied. UTS #46 performs further mappings that IDNA2008 does not
+  // (e.g. U+2177 -> "viii", U+00AD -> nothing); such labels are rejected
+  // rather than silently rewritten.
+  if (!a.startsWith('xn--')) fail('domain', `label '${label}' is not a valid U-label`);
+  const u = aLabelToULabel(a);
+  if (u !== label) fail('domain', `label '${label}' is not a valid U-label`);
+  return u;
 }
 
 function prepareIpLiteral(s: string): string {
@@ -587,7 +597,11 @@ export function prepareDomain(input: string): string {
   if (IS_ASCII.test(s)) {
     const lower = s.toLowerCase();
     // Plain ASCII without A-labels needs no normalisation or IDNA work.
-    if (!lower.includes('xn--')) return prepareDomainLabels(lower);
+    if (!lower.includes('xn--')) {
+      // Without A-labels the result is exactly this string, so its length is final.
+      if (lower.length > MAX_PART_OCTETS) fail('domain', `must not exceed ${MAX_PART_OCTETS} octets`);
+      return prepareDomainLabels(lower);
+    }
   }
   const cached = domainCache.get(s);
   if (cached !== undefined) return cached;
@@ -684,7 +698,8 @@ export class Jid {
   }
 
   toString(): string {
-    return (this.#string ??= this.resource === '' ? this.bareString() : `${this.bareString()}/${this.resource}`);
+    return (this.#string ??=
+      this.resource === '' ? this.bareString() : `${this.bareString()}/${this.resource}`);
   }
 
   equals(other: Jid): boolean {
