@@ -342,15 +342,19 @@ export class C2SStream implements StreamInfo, Session {
       secureContext: this.env.certs.contextFor(this.host),
       SNICallback: this.env.certs.sniCallback,
     });
+    // RFC 6120 5.3.3: after TLS both sides restart the stream. Resetting now
+    // also discards any plaintext the client pipelined after <starttls/>
+    // (command injection, CVE-2011-0411 style).
+    this.parser.reset();
     secure.once('secure', () => {
-      // RFC 6120 5.3.3: after TLS both sides restart the stream.
-      this.parser.reset();
       this.state = 'header';
       this.log.debug({ protocol: secure.getProtocol() }, 'TLS established');
     });
     this.attachSocket(secure);
     secure.on('error', (err) => {
-      this.log.info({ err: err.message }, 'TLS handshake failed');
+      // Only a failure before 'secure' is a handshake failure; later errors
+      // (a client resetting the connection) are logged by attachSocket.
+      if (this.state === 'tls-handshake') this.log.info({ err: err.message }, 'TLS handshake failed');
       secure.destroy();
     });
   }

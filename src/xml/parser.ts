@@ -18,7 +18,14 @@
  * code point drives a character-level state machine. Token contents (names,
  * attribute values, text) are accumulated as UTF-8 bytes in a single growable
  * buffer that can never exceed the unit limit, and are decoded once per token.
- * Plain-ASCII runs of text and attribute values take a bulk-copy fast path.
+ * Runs of ordinary bytes (name characters; text and attribute-value bytes,
+ * including complete valid UTF-8 sequences) take a bulk-copy fast path.
+ *
+ * What RFC 6120 section 11.1 prohibits ("comments, processing instructions,
+ * internal or external DTD subsets, internal or external entity references
+ * (with the exception of the predefined entities)") is reported as
+ * 'restricted-xml'. CDATA sections are not on that list, so they are accepted
+ * inside stanzas and delivered as ordinary text.
  */
 import { Element } from 'ltx';
 
@@ -247,6 +254,8 @@ const DECL_STANDALONE = 4;
  * from the stream header) and an `xmlns:p` for every prefix that it or a
  * descendant uses but that was declared only on the stream header. Names keep
  * their prefix as written (ltx convention, e.g. 'stream:features').
+ * Caveat inherited from ltx: Element.getNS() treats an undeclaration
+ * (`xmlns=''`) on a descendant as absent and keeps walking up.
  *
  * Handler callbacks run synchronously inside write(). If a callback calls
  * reset(), the rest of the chunk being processed is discarded: those bytes
@@ -407,7 +416,10 @@ export class StreamParser {
       if (this.u8need === 0) {
         if (b < 0x80) {
           if (b < 0x20 && b !== 0x09 && b !== 0x0a && b !== 0x0d) {
-            this.fail('not-well-formed', `character U+${b.toString(16).padStart(4, '0')} is not allowed in XML`);
+            this.fail(
+              'not-well-formed',
+              `character U+${b.toString(16).padStart(4, '0')} is not allowed in XML`,
+            );
             return;
           }
           this.step(b);
@@ -504,7 +516,8 @@ export class StreamParser {
     }
     this.tokLen = t;
     if (isName) {
-      if (t > this.limits.maxNameBytes) this.fail('policy-violation', `name exceeds ${this.limits.maxNameBytes} bytes`);
+      if (t > this.limits.maxNameBytes)
+        this.fail('policy-violation', `name exceeds ${this.limits.maxNameBytes} bytes`);
     } else if (cls === CC_TEXT_FAST) {
       let k = j;
       while (k > i && chunk[k - 1] === 0x5d) k--;

@@ -1,7 +1,15 @@
 import { expect } from 'chai';
 import { StreamParser } from '../../src/xml/parser.ts';
 import type { ParserErrorCondition, ParserLimits, StreamHeader } from '../../src/xml/parser.ts';
-import { Element, el, escapeXml, escapeXmlAttr, firstChildElement, getChild, getText } from '../../src/xml/element.ts';
+import {
+  Element,
+  el,
+  escapeXml,
+  escapeXmlAttr,
+  firstChildElement,
+  getChild,
+  getText,
+} from '../../src/xml/element.ts';
 
 const LIMITS: ParserLimits = { maxStanzaBytes: 16 * 1024, maxDepth: 32, maxAttributes: 64 };
 
@@ -197,7 +205,10 @@ describe('xml/parser StreamParser', () => {
     });
 
     it('resolves the five predefined entities and character references', () => {
-      const r = parse(HEADER + `<message a="&quot;&apos;&lt;"><body>&lt;&gt;&amp;&quot;&apos;&#65;&#x42;&#x1f600;</body></message>`);
+      const r = parse(
+        HEADER +
+          `<message a="&quot;&apos;&lt;"><body>&lt;&gt;&amp;&quot;&apos;&#65;&#x42;&#x1f600;</body></message>`,
+      );
       expect(r.stanzas[0].attrs.a).to.equal(`"'<`);
       expect(r.stanzas[0].getChildText('body')).to.equal(`<>&"'AB\u{1F600}`);
     });
@@ -218,7 +229,9 @@ describe('xml/parser StreamParser', () => {
 
     it('rejects other encodings and malformed declarations', () => {
       const hdr = HEADER.slice(HEADER.indexOf('?>') + 2);
-      expect(errorOf(parse("<?xml version='1.0' encoding='ISO-8859-1'?>" + hdr))).to.equal('unsupported-encoding');
+      expect(errorOf(parse("<?xml version='1.0' encoding='ISO-8859-1'?>" + hdr))).to.equal(
+        'unsupported-encoding',
+      );
       expect(errorOf(parse("<?xml encoding='UTF-8'?>" + hdr))).to.equal('not-well-formed');
       expect(errorOf(parse("<?xml version='1.0' foo='bar'?>" + hdr))).to.equal('not-well-formed');
       expect(errorOf(parse('<?xml?>' + hdr))).to.equal('not-well-formed');
@@ -292,7 +305,20 @@ describe('xml/parser StreamParser', () => {
       });
     }
 
-    for (const ref of ['&#0;', '&#x0;', '&#x1;', '&#8;', '&#xFFFE;', '&#xffff;', '&#xD800;', '&#x110000;', '&#;', '&#x;', '&#X41;', '&#12a;']) {
+    for (const ref of [
+      '&#0;',
+      '&#x0;',
+      '&#x1;',
+      '&#8;',
+      '&#xFFFE;',
+      '&#xffff;',
+      '&#xD800;',
+      '&#x110000;',
+      '&#;',
+      '&#x;',
+      '&#X41;',
+      '&#12a;',
+    ]) {
       it(`rejects the character reference ${ref} in text and attributes`, () => {
         expect(errorOf(parse(HEADER + `<message><body>${ref}</body></message>`))).to.equal('not-well-formed');
         expect(errorOf(parse(HEADER + `<message a='${ref}'/>`))).to.equal('not-well-formed');
@@ -538,7 +564,9 @@ describe('xml/parser StreamParser', () => {
       expect(errorOf(parse(HEADER + '<message><foo:x/></message>'))).to.equal('not-well-formed');
       expect(errorOf(parse(HEADER + "<message foo:x='1'/>"))).to.equal('not-well-formed');
       // A prefix declared on a sibling is out of scope.
-      expect(errorOf(parse(HEADER + "<message><a xmlns:p='urn:p'/><p:b/></message>"))).to.equal('not-well-formed');
+      expect(errorOf(parse(HEADER + "<message><a xmlns:p='urn:p'/><p:b/></message>"))).to.equal(
+        'not-well-formed',
+      );
     });
 
     it('reports an unbound prefix on the stream header as invalid-namespace', () => {
@@ -551,7 +579,9 @@ describe('xml/parser StreamParser', () => {
 
     it('rejects misuse of the reserved xml and xmlns prefixes', () => {
       expect(parse(HEADER + "<message xml:lang='en'/>").errors).to.deep.equal([]);
-      expect(parse(HEADER + "<message xmlns:xml='http://www.w3.org/XML/1998/namespace'/>").errors).to.deep.equal([]);
+      expect(
+        parse(HEADER + "<message xmlns:xml='http://www.w3.org/XML/1998/namespace'/>").errors,
+      ).to.deep.equal([]);
       for (const bad of [
         "<message xmlns:xml='urn:x'/>",
         "<message xmlns:p='http://www.w3.org/XML/1998/namespace'/>",
@@ -583,7 +613,10 @@ describe('xml/parser StreamParser', () => {
       ['mismatched end tag', '<message><body></message></body>'],
       ['mismatched prefix in end tag', "<c:message xmlns:c='jabber:client'></message>"],
       ['duplicate attribute', "<message to='a' to='b'/>"],
-      ['duplicate attribute after many', `<message${Array.from({ length: 20 }, (_, i) => ` a${i}='v'`).join('')} a3='x'/>`],
+      [
+        'duplicate attribute after many',
+        `<message${Array.from({ length: 20 }, (_, i) => ` a${i}='v'`).join('')} a3='x'/>`,
+      ],
       ["'<' in attribute value", "<message to='a<b'/>"],
       ['unquoted attribute', '<message to=a/>'],
       ['attribute without value', '<message to/>'],
@@ -613,7 +646,10 @@ describe('xml/parser StreamParser', () => {
     it('ignores all input after an error', () => {
       const r = parse(HEADER + '<message to=x/>');
       feed(r, '<presence/></stream:stream>');
-      expect(r.events).to.deep.equal(['start stream:stream http://etherx.jabber.org/streams', 'error not-well-formed']);
+      expect(r.events).to.deep.equal([
+        'start stream:stream http://etherx.jabber.org/streams',
+        'error not-well-formed',
+      ]);
     });
   });
 
@@ -668,7 +704,12 @@ describe('xml/parser StreamParser', () => {
 
 describe('xml/element helpers', () => {
   it('el() builds elements, skipping undefined attributes', () => {
-    const e = el('iq', { type: 'get', id: 'x', to: undefined }, el('query', { xmlns: 'jabber:iq:roster' }), 'txt');
+    const e = el(
+      'iq',
+      { type: 'get', id: 'x', to: undefined },
+      el('query', { xmlns: 'jabber:iq:roster' }),
+      'txt',
+    );
     expect(e.toString()).to.equal('<iq type="get" id="x"><query xmlns="jabber:iq:roster"/>txt</iq>');
     expect((e.children[0] as Element).parent).to.equal(e);
   });
@@ -700,7 +741,9 @@ describe('xml/element helpers', () => {
   it('round-trips through the parser', () => {
     const value = `<&>"' \t\n\r\u00e9`;
     const text = `]]> <&> \u{1F600}`;
-    const r = parse(HEADER + `<message a='${escapeXmlAttr(value)}'><body>${escapeXml(text)}</body></message>`);
+    const r = parse(
+      HEADER + `<message a='${escapeXmlAttr(value)}'><body>${escapeXml(text)}</body></message>`,
+    );
     expect(r.errors).to.deep.equal([]);
     expect(r.stanzas[0].attrs.a).to.equal(value);
     expect(r.stanzas[0].getChildText('body')).to.equal(text);
