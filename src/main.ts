@@ -103,7 +103,14 @@ async function start(config: ChorusConfig, configPath: string | undefined): Prom
         log.error(`reload refused, keeping the running configuration: ${(err as Error).message}`);
         return;
       }
-      server.reload(next).catch((err: unknown) => log.error(`reload failed: ${(err as Error).message}`));
+      server.reload(next).then(
+        // The logger belongs to this command, not to the server: apply a
+        // changed log.level here (connections opened from now on use it).
+        () => {
+          log.level = next.log.level;
+        },
+        (err: unknown) => log.error(`reload failed: ${(err as Error).message}`),
+      );
     });
   });
 }

@@ -210,10 +210,13 @@ export class SqliteDriver implements StorageDriver {
         `database schema version ${version} is newer than this Chorus supports (${SCHEMA_VERSION})`,
       );
     }
+    // Two processes may open a new database at once (`chorus adduser` during
+    // a first start): take the write lock first and look again inside it.
     db.transaction(() => {
+      if ((db.pragma('user_version', { simple: true }) as number) === SCHEMA_VERSION) return;
       db.exec(SCHEMA);
       db.pragma(`user_version = ${SCHEMA_VERSION}`);
-    })();
+    }).immediate();
   }
 
   // -- plumbing ------------------------------------------------------------
