@@ -8,7 +8,7 @@ import { InProcessDirectory, type SessionDirectory } from './cluster/directory.t
 import { modulesForHost, type ChorusConfig, type ListenerConfig } from './config/index.ts';
 import { Host } from './host.ts';
 import { createLogger, type Logger } from './log.ts';
-import type { AccountService, SessionService } from './modules/api.ts';
+import type { AccountService, ModuleDefinition, SessionService } from './modules/api.ts';
 import {
   loadModule,
   orderByDependencies,
@@ -109,26 +109,47 @@ export class Server implements C2SEnvironment {
     return this.config.hosts.map((h) => ({ domain: h.domain, cert: h.tls?.cert, key: h.tls?.key }));
   }
 
-  private async addHost(domain: string): Promise<void> {
+  private async addHost(domain: string, plan?: PlannedModule[]): Promise<void> {
     const host = new Host(domain);
     this.router.installDefaults(host);
     this.hosts.set(domain, host);
-    await this.loadHostModules(host);
+    await this.loadHostModules(host, plan);
   }
 
-  private async loadHostModules(host: Host): Promise<void> {
-    const hostConfig = this.config.hosts.find((h) => h.domain === host.domain)!;
-    const names = modulesForHost(this.config, hostConfig);
+  /**
+   * Closes the streams of one host (or all) and waits until their sessions
+   * have ended, so modules still see every resource-unbind.
+   */
+  private async closeStreams(
+    domain: string | null,
+    condition: 'host-gone' | 'system-shutdown',
+    text: string,
+  ): Promise<void> {
+    const ending = [...this.streams]
+      .filter((s) => domain === null || s.host === domain)
+      .map((s) => {
+        s.close(condition, text);
+        return s.ended;
+      });
+    await Promise.race([Promise.all(ending), new Promise((r) => setTimeout(r, 5000).unref())]);
+  }
+
+  /** Resolves, orders and validates a host's modules without loading them. */
+  private async planHostModules(config: ChorusConfig, domain: string): Promise<PlannedModule[]> {
+    const hostConfig = config.hosts.find((h) => h.domain === domain)!;
     const definitions = [];
-    for (const name of names) definitions.push(await resolveModule(name));
+    for (const name of modulesForHost(config, hostConfig)) definitions.push(await resolveModule(name));
+    return orderByDependencies(definitions, domain).map((def) => ({
+      def,
+      options: validateOptions(def, config.module_options[def.name], `module_options.${def.name}`),
+    }));
+  }
+
+  private async loadHostModules(host: Host, plan?: PlannedModule[]): Promise<void> {
+    const planned = plan ?? (await this.planHostModules(this.config, host.domain));
     const loaded = new Map<string, LoadedModule>();
     this.modules.set(host.domain, loaded);
-    for (const def of orderByDependencies(definitions, host.domain)) {
-      const options = validateOptions(
-        def,
-        this.config.module_options[def.name],
-        `module_options.${def.name}`,
-      );
+    for (const { def, options } of planned) {
       loaded.set(def.name, await loadModule(host, def, options, this.moduleEnvironment(), loaded));
     }
   }
@@ -226,22 +247,27 @@ export class Server implements C2SEnvironment {
     if (JSON.stringify(next.listeners) !== JSON.stringify(this.config.listeners)) {
       this.log.warn('listener changes take effect at the next restart');
     }
+    if (JSON.stringify(next.storage) !== JSON.stringify(this.config.storage)) {
+      this.log.warn('storage changes take effect at the next restart');
+    }
+    // Check every host's modules before touching the running ones, so that a
+    // mistake in the new configuration leaves the server as it was.
+    const plans = new Map<string, PlannedModule[]>();
+    for (const h of next.hosts) plans.set(h.domain, await this.planHostModules(next, h.domain));
     const previous = this.config;
     this.config = { ...next, listeners: previous.listeners, storage: previous.storage };
     this.throttle = makeThrottle(this.config);
-    const wanted = new Set(next.hosts.map((h) => h.domain));
     for (const domain of [...this.hosts.keys()]) {
+      if (!plans.has(domain)) await this.closeStreams(domain, 'host-gone', 'This host is no longer served');
       await this.unloadHostModules(domain);
-      if (!wanted.has(domain)) {
-        for (const stream of this.streams) if (stream.host === domain) stream.close('host-gone');
-        this.hosts.delete(domain);
-      }
+      if (!plans.has(domain)) this.hosts.delete(domain);
     }
-    for (const domain of wanted) {
+    for (const [domain, plan] of plans) {
       const existing = this.hosts.get(domain);
-      if (existing) await this.loadHostModules(existing);
-      else await this.addHost(domain);
+      if (existing) await this.loadHostModules(existing, plan);
+      else await this.addHost(domain, plan);
     }
+    const wanted = [...plans.keys()];
     this.log.info({ hosts: [...wanted] }, 'configuration reloaded');
   }
 
@@ -252,7 +278,7 @@ export class Server implements C2SEnvironment {
     const closing = this.listeners.map(
       (l) => new Promise<void>((resolve) => l.server.close(() => resolve())),
     );
-    for (const stream of [...this.streams]) stream.close('system-shutdown', 'The server is shutting down');
+    await this.closeStreams(null, 'system-shutdown', 'The server is shutting down');
     for (const domain of [...this.hosts.keys()]) await this.unloadHostModules(domain);
     for (const host of this.hosts.values()) host.cancelPendingIqs();
     await this.storage.flush();
@@ -261,6 +287,11 @@ export class Server implements C2SEnvironment {
     await Promise.race([Promise.all(closing), new Promise((r) => setTimeout(r, 1000).unref())]);
     this.log.info('stopped');
   }
+}
+
+interface PlannedModule {
+  def: ModuleDefinition;
+  options: unknown;
 }
 
 function makeThrottle(config: ChorusConfig): AuthThrottle {

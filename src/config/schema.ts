@@ -70,10 +70,12 @@ const domain = z
   .overwrite((d) => (d.endsWith('.') ? d.slice(0, -1) : d))
   .refine(isValidDomain, { error: domainError });
 
-const moduleNameError = 'must be a module name (lowercase letters, digits, - and _)';
+const moduleNameError =
+  'must be a module name (lowercase letters, digits, - and _) or the path of a module file ending in .ts or .js';
+// A third-party module is named by its file path (./mods/foo.ts, /opt/x.js).
 const moduleName = z
   .string({ error: moduleNameError })
-  .regex(/^[a-z][a-z0-9_-]*$/, { error: moduleNameError });
+  .regex(/^(?:[a-z][a-z0-9_-]*|\.{0,2}\/\S+\.(?:ts|js|mjs))$/, { error: moduleNameError });
 
 function moduleList() {
   return list(moduleName, 'module names').superRefine((names, ctx) => {

@@ -39,13 +39,23 @@ export interface LoadedModule {
 
 /** Finds a module definition: a built-in name, or a path to a module file. */
 export async function resolveModule(name: string): Promise<ModuleDefinition> {
-  const builtin = builtinModules[name];
-  if (builtin) return (await builtin()).default as ModuleDefinition;
+  // Own properties only: 'constructor' or '__proto__' are not module names.
+  if (Object.hasOwn(builtinModules, name)) return (await builtinModules[name]!()).default;
   if (name.includes('/') || name.endsWith('.ts') || name.endsWith('.js')) {
     const path = isAbsolute(name) ? name : resolve(process.cwd(), name);
-    const mod = (await import(pathToFileURL(path).href)) as { default?: ModuleDefinition };
-    if (!mod.default?.setup)
+    let mod: { default?: ModuleDefinition };
+    try {
+      mod = (await import(pathToFileURL(path).href)) as { default?: ModuleDefinition };
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      if (code === 'ERR_MODULE_NOT_FOUND' && (err as Error).message.includes(path)) {
+        throw new ModuleError(`module file ${path} does not exist (paths are relative to ${process.cwd()})`);
+      }
+      throw new ModuleError(`module file ${path} failed to load: ${(err as Error).message}`);
+    }
+    if (typeof mod.default?.setup !== 'function') {
       throw new ModuleError(`${path} does not export a module (default export from defineModule)`);
+    }
     return mod.default;
   }
   const known = Object.keys(builtinModules).sort().join(', ');
@@ -81,11 +91,26 @@ export function orderByDependencies(defs: ModuleDefinition[], host: string): Mod
 }
 
 export function validateOptions(def: ModuleDefinition, raw: unknown, where: string): unknown {
-  if (!def.options) return raw ?? {};
+  if (!def.options) {
+    // A module without options takes none: anything given is a typo to report.
+    if (raw !== undefined && raw !== null && Object.keys(raw as object).length > 0) {
+      throw new ModuleError(
+        `module '${def.name}' takes no options, but ${where} sets ${Object.keys(raw as object).join(', ')}`,
+      );
+    }
+    return {};
+  }
   const result = (def.options as z.ZodType).safeParse(raw ?? {});
   if (result.success) return result.data;
   const problems = result.error.issues
-    .map((i) => `${where}.${i.path.join('.')}${i.path.length ? '' : '(root)'}: ${i.message}`)
+    .flatMap((i) => {
+      // Report unknown keys at their own path, not at the object holding them.
+      const keys = i.code === 'unrecognized_keys' ? i.keys : [null];
+      return keys.map((key) => {
+        const path = [where, ...i.path.map(String), ...(key === null ? [] : [key])].join('.');
+        return key === null ? `${path}: ${i.message}` : `${path}: unknown option`;
+      });
+    })
     .join('; ');
   throw new ModuleError(`invalid options for module '${def.name}': ${problems}`);
 }
@@ -102,9 +127,9 @@ export async function loadModule(
   const log = env.log.child({ module: def.name, host: host.domain });
 
   const hook = <K extends keyof ChorusEvents>(event: K, handler: Handler<ChorusEvents[K]>, priority = 0) => {
-    if (priority <= DEFAULT_PRIORITY) {
+    if (!Number.isFinite(priority) || priority <= DEFAULT_PRIORITY) {
       throw new ModuleError(
-        `module '${def.name}': hook priority must be above ${DEFAULT_PRIORITY} (the core default)`,
+        `module '${def.name}': hook priority must be a finite number above ${DEFAULT_PRIORITY} (the core default)`,
       );
     }
     disposers.push(host.events.on(event, handler, priority));
@@ -141,6 +166,7 @@ export async function loadModule(
     },
     setTimeout(fn, ms) {
       const timer = setTimeout(fn, ms);
+      timer.unref(); // module timers never keep the process alive, like setInterval
       const cancel = () => clearTimeout(timer);
       disposers.push(cancel);
       return cancel;
@@ -163,21 +189,27 @@ export async function loadModule(
     },
   };
 
+  const runUnloadHooks = async () => {
+    for (const fn of unloadHooks.splice(0)) await fn();
+  };
   let api: unknown;
   try {
     api = await def.setup(ctx);
   } catch (err) {
-    for (const dispose of disposers.reverse()) dispose();
+    for (const dispose of disposers.splice(0).reverse()) dispose();
+    await runUnloadHooks();
     throw err;
   }
   log.debug('module loaded');
+  let unloaded = false;
   return {
     definition: def,
     api,
     async unload() {
-      for (const dispose of disposers.reverse()) dispose();
-      disposers.length = 0;
-      for (const fn of unloadHooks) await fn();
+      if (unloaded) return;
+      unloaded = true;
+      for (const dispose of disposers.splice(0).reverse()) dispose();
+      await runUnloadHooks();
       log.debug('module unloaded');
     },
   };

@@ -38,7 +38,11 @@ export interface SessionEvent {
 }
 
 export interface SessionEndEvent extends SessionEvent {
-  /** Why the session ended: 'closed' by the client, 'error', 'replaced', 'shutdown'. */
+  /**
+   * Why the session ended: 'closed' (a closing handshake), 'error' (a stream
+   * error, shutdown included), 'replaced' (resource conflict), or
+   * 'disconnected' (the connection dropped without a closing tag).
+   */
   reason: string;
 }
 
@@ -71,7 +75,8 @@ type StanzaEvents = {
 } & {
   [K in `iq/${IqAddressKind}`]: StanzaEvent;
 } & {
-  [K in `iq-${IqType}/${IqAddressKind}/${string}`]: IqEvent;
+  // Only requests are dispatched by payload; results and errors go to `iq/<kind>`.
+  [K in `iq-${'get' | 'set'}/${IqAddressKind}/${string}`]: IqEvent;
 };
 
 export type ChorusEvents = StanzaEvents & {

@@ -60,6 +60,7 @@ export class C2SStream implements StreamInfo, Session {
   private state: State = 'header';
   private readonly parser: StreamParser;
   private headerSent = false;
+  private headersSent = 0;
   private closing = false;
   private authAttempts = 0;
   private sasl: SaslMechanism | null = null;
@@ -223,7 +224,9 @@ export class C2SStream implements StreamInfo, Session {
     const attrs: Record<string, string> = {
       xmlns: NS_CLIENT,
       'xmlns:stream': NS_STREAMS,
-      id: this.id,
+      // RFC 6120 4.3.3: a restarted stream gets a new stream ID. The first
+      // header carries the connection id that the logs use.
+      id: this.headersSent++ === 0 ? this.id : randomBytes(12).toString('base64url'),
       from: this.host || this.env.defaultHost,
       version: '1.0',
       'xml:lang': 'en',
@@ -613,10 +616,18 @@ export class C2SStream implements StreamInfo, Session {
     this.state = 'closed';
   }
 
-  private ended = false;
-  private async endSession(reason: string): Promise<void> {
-    if (this.ended) return;
-    this.ended = true;
+  private endPromise: Promise<void> | null = null;
+  /** After close(): settles once the session has ended and resource-unbind handlers ran. */
+  get ended(): Promise<void> {
+    return this.endPromise ?? Promise.resolve();
+  }
+
+  private endSession(reason: string): Promise<void> {
+    this.endPromise ??= this.finishSession(reason);
+    return this.endPromise;
+  }
+
+  private async finishSession(reason: string): Promise<void> {
     this.closing = true;
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     this.env.streams.delete(this);
