@@ -10,4 +10,6 @@ export const builtinModules: Record<string, ModuleImport> = {
   version: () => import('./version.ts') as Promise<{ default: ModuleDefinition }>,
   time: () => import('./time.ts') as Promise<{ default: ModuleDefinition }>,
   register: () => import('./register.ts') as Promise<{ default: ModuleDefinition }>,
+  roster: () => import('./roster.ts') as Promise<{ default: ModuleDefinition }>,
+  presence: () => import('./presence/index.ts') as Promise<{ default: ModuleDefinition }>,
 };

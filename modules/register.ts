@@ -67,11 +67,17 @@ export default defineModule({
     };
 
     if (ctx.options.allow_registration) {
-      ctx.hook('stream-features/preauth', ({ features }) => {
-        features.push(new Element('register', { xmlns: NS_FEATURE }));
+      // Registration carries the new password in the clear: like PLAIN, it
+      // is only offered and accepted on an encrypted stream.
+      ctx.hook('stream-features/preauth', ({ stream, features }) => {
+        if (stream.secure) features.push(new Element('register', { xmlns: NS_FEATURE }));
       });
       ctx.hook('preauth-iq', async ({ stanza, payload, stream, reply, error }) => {
         if (payload.name !== 'query' || payload.attrs.xmlns !== NS) return false;
+        if (!stream.secure) {
+          error('not-allowed', { text: 'Registration needs an encrypted connection: use STARTTLS first' });
+          return true;
+        }
         if (stanza.attrs.type === 'get') {
           reply(form('Choose a username and password to register with this server.'));
           return true;

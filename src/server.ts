@@ -181,7 +181,14 @@ export class Server implements C2SEnvironment {
         setPassword: (u, p) => this.accounts.setPassword(host, u, p),
         delete: (u) => this.accounts.delete(host, u),
       }),
-      route: (stanza: Element) => void this.router.route(stanza, null),
+      route: (stanza: Element) => {
+        // A module's send() is fire-and-forget: a failing handler downstream
+        // is logged here, never left as an unhandled rejection.
+        const routed = this.router.route(stanza, null);
+        if (routed instanceof Promise) {
+          routed.catch((err: unknown) => this.log.error({ err }, 'routing a module stanza failed'));
+        }
+      },
     };
   }
 

@@ -203,7 +203,7 @@ export const configSchema = section({
   hosts: list(hostSchema, 'hosts')
     .min(1, { error: 'must list at least one host' })
     .prefault([{ domain: 'localhost' }]),
-  modules: moduleList().prefault(['disco', 'ping', 'version', 'time', 'register']),
+  modules: moduleList().prefault(['disco', 'ping', 'version', 'time', 'register', 'roster', 'presence']),
   module_options: moduleOptionsSchema.prefault({ register: { allow_registration: false } }),
   listeners: list(listenerSchema, 'listeners').prefault([
     { type: 'c2s', port: 5222, address: '::', tls: 'starttls', starttls_required: true },

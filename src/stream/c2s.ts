@@ -60,7 +60,7 @@ export class C2SStream implements StreamInfo, Session {
   private state: State = 'header';
   private readonly parser: StreamParser;
   private headerSent = false;
-  private headersSent = 0;
+  private headerCount = 0;
   private closing = false;
   private authAttempts = 0;
   private sasl: SaslMechanism | null = null;
@@ -226,7 +226,7 @@ export class C2SStream implements StreamInfo, Session {
       'xmlns:stream': NS_STREAMS,
       // RFC 6120 4.3.3: a restarted stream gets a new stream ID. The first
       // header carries the connection id that the logs use.
-      id: this.headersSent++ === 0 ? this.id : randomBytes(12).toString('base64url'),
+      id: this.headerCount++ === 0 ? this.id : randomBytes(12).toString('base64url'),
       from: this.host || this.env.defaultHost,
       version: '1.0',
       'xml:lang': 'en',

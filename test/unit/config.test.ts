@@ -20,7 +20,7 @@ const FILE = 'conf/test.yaml';
 function expectedDefaults(cwd: string): ChorusConfig {
   return {
     hosts: [{ domain: 'localhost', modules_disabled: [] }],
-    modules: ['disco', 'ping', 'version', 'time', 'register'],
+    modules: ['disco', 'ping', 'version', 'time', 'register', 'roster', 'presence'],
     module_options: { register: { allow_registration: false } },
     listeners: [
       { type: 'c2s', port: 5222, address: '::', tls: 'starttls', starttls_required: true },
@@ -198,9 +198,17 @@ describe('config', () => {
         'version',
         'time',
         'register',
+        'roster',
+        'presence',
       ]);
       expect(modulesForHost(config, config.hosts[1]!)).to.deep.equal(['disco', 'ping']);
-      expect(modulesForHost(config, config.hosts[2]!)).to.deep.equal(['disco', 'ping', 'version']);
+      expect(modulesForHost(config, config.hosts[2]!)).to.deep.equal([
+        'disco',
+        'ping',
+        'version',
+        'roster',
+        'presence',
+      ]);
     });
   });
 
