@@ -23,6 +23,7 @@ import { AuthThrottle } from './sasl/throttle.ts';
 import { Accounts } from './storage/accounts.ts';
 import { openStorage } from './storage/index.ts';
 import type { StorageDriver } from './storage/types.ts';
+import { ClientSession } from './session/client-session.ts';
 import { C2SStream } from './stream/c2s.ts';
 import type { C2SEnvironment } from './stream/environment.ts';
 
@@ -286,6 +287,14 @@ export class Server implements C2SEnvironment {
       (l) => new Promise<void>((resolve) => l.server.close(() => resolve())),
     );
     await this.closeStreams(null, 'system-shutdown', 'The server is shutting down');
+    // Sessions held without a connection (awaiting resumption) end too, so
+    // their modules can save what they queued.
+    await Promise.all(
+      [...this.directory.all()].map((session) => {
+        session.close('system-shutdown');
+        return session instanceof ClientSession ? session.ended : undefined;
+      }),
+    );
     for (const domain of [...this.hosts.keys()]) await this.unloadHostModules(domain);
     for (const host of this.hosts.values()) host.cancelPendingIqs();
     await this.storage.flush();

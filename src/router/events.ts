@@ -58,6 +58,16 @@ export interface StreamElementEvent {
   element: Element;
   /** Writes an element to the stream. */
   send(element: Element): void;
+  /**
+   * Makes this authenticated but unbound stream carry a held session of the
+   * same account (stream management resumption); false when not possible.
+   */
+  resume(session: Session): boolean;
+}
+
+export interface SessionDisconnectedEvent extends SessionEvent {
+  /** Keeps the session bound without a connection; the module must end it later with close(). */
+  hold(): void;
 }
 
 export interface PreAuthIqEvent {
@@ -84,6 +94,8 @@ export type ChorusEvents = StanzaEvents & {
   'resource-bind': SessionEvent;
   /** A session ended; its resource is gone. */
   'resource-unbind': SessionEndEvent;
+  /** A session's connection dropped without a closing handshake. */
+  'session-disconnected': SessionDisconnectedEvent;
   /** A message for an existing local user with no session to take it. */
   'message/offline': StanzaEvent;
   /** A stanza for a domain that is not served here (s2s hooks in here). */

@@ -60,6 +60,8 @@ export class Router {
     if (toAttr !== undefined) {
       const parsed = Jid.tryParse(toAttr);
       if (!parsed) {
+        // The error comes from the server, not from the malformed address.
+        delete stanza.attrs.to;
         this.bounce(stanza, 'jid-malformed', { text: `'${toAttr}' is not a valid JID` }, session);
         return;
       }

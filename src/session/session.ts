@@ -30,8 +30,16 @@ export interface Session {
   priority: number;
   /** The last broadcast presence, if any. */
   presence: Element | null;
-  /** Delivers a stanza to the client. */
+  /** False while the session is held without a connection (stream management hibernation). */
+  readonly connected: boolean;
+  /** Stanzas received from the client since binding (for acknowledgement counting). */
+  readonly stanzasIn: number;
+  /** Delivers a stanza to the client (or to the send listeners while no connection carries it). */
   send(stanza: Element): void;
+  /** Writes a non-stanza element to the current connection, if any. */
+  sendNonza(element: Element): void;
+  /** Sees every stanza sent to the session, before it is written; returns a remover. */
+  addSendListener(listener: (stanza: Element) => void): () => void;
   /** Ends the session, with a stream error when a condition is given. */
   close(condition?: StreamErrorCondition, text?: string): void;
 }

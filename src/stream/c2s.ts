@@ -11,6 +11,7 @@ import type { Host } from '../host.ts';
 import { Jid, JidError, prepareLocal, prepareResource } from '../jid.ts';
 import type { ChannelBindingType, SaslContext, SaslMechanism, SaslStep } from '../sasl/mechanisms.ts';
 import { offeredMechanisms } from '../sasl/mechanisms.ts';
+import { ClientSession, type ConnectionEnd, type SessionConnection } from '../session/client-session.ts';
 import type { Session, StreamInfo } from '../session/session.ts';
 import {
   NS_CLIENT,
@@ -46,14 +47,12 @@ export interface ListenerOptions {
   starttlsRequired: boolean;
 }
 
-export class C2SStream implements StreamInfo, Session {
+export class C2SStream implements StreamInfo, SessionConnection {
   readonly id = randomBytes(12).toString('base64url');
   host = '';
   username: string | null = null;
-  jid: Jid = null as unknown as Jid; // set at bind; only read through `session` once bound
-  available = false;
-  priority = 0;
-  presence: Element | null = null;
+  /** The bound session this connection carries, once bound (or resumed). */
+  session: ClientSession | null = null;
   readonly remoteAddress: string;
 
   private socket: Socket;
@@ -65,7 +64,6 @@ export class C2SStream implements StreamInfo, Session {
   private authAttempts = 0;
   private sasl: SaslMechanism | null = null;
   private hostObj: Host | null = null;
-  private bound = false;
   private readonly queue: Element[] = [];
   private busy = false;
   private handshakeTimer: NodeJS.Timeout | null;
@@ -102,6 +100,10 @@ export class C2SStream implements StreamInfo, Session {
     env.streams.add(this);
   }
 
+  get jid(): Jid | null {
+    return this.session?.jid ?? null;
+  }
+
   get secure(): boolean {
     return this.socket instanceof TLSSocket && this.socket.encrypted === true;
   }
@@ -115,7 +117,8 @@ export class C2SStream implements StreamInfo, Session {
     socket.on('close', () => this.onSocketClosed());
   }
 
-  private write(data: string): void {
+  /** SessionConnection.write: serialized XML for the client. */
+  write(data: string): void {
     if (this.state === 'closed' || this.socket.destroyed) return;
     this.socket.write(data);
     if (this.socket.writableLength > MAX_OUTBOUND_BYTES && !this.closing) {
@@ -123,12 +126,6 @@ export class C2SStream implements StreamInfo, Session {
       this.log.warn({ buffered: this.socket.writableLength }, 'client does not read; closing');
       this.socket.destroy();
     }
-  }
-
-  /** Session.send: a stanza for the client. */
-  send(stanza: Element): void {
-    if (this.closing) return;
-    this.write(stanza.toString());
   }
 
   private sendElement(element: Element): void {
@@ -305,11 +302,13 @@ export class C2SStream implements StreamInfo, Session {
           (element.name === 'message' || element.name === 'presence' || element.name === 'iq') &&
           ns === NS_CLIENT
         ) {
+          const session = this.session!;
+          session.stanzasIn++;
           if (element.name === 'iq' && isSessionIq(element)) {
-            this.send(iqResult(element));
+            session.send(iqResult(element));
             return;
           }
-          return this.env.router.fromClient(this, element);
+          return this.env.router.fromClient(session, element);
         }
         return this.handleStreamElement(element);
       default:
@@ -322,6 +321,7 @@ export class C2SStream implements StreamInfo, Session {
       stream: this,
       element,
       send: (e) => this.sendElement(e),
+      resume: (session) => this.resume(session),
     });
     const check = (done: boolean | undefined) => {
       if (!done)
@@ -563,25 +563,49 @@ export class C2SStream implements StreamInfo, Session {
       return;
     }
     const jid = Jid.of(this.username!, this.host, resource);
-    this.jid = jid;
+    const session = new ClientSession(jid, this.hostObj!, this, this.env.directory, this.log);
     const { sessions, limits } = this.env.config;
-    const outcome = await this.env.directory.bind(this, sessions.conflict, limits.max_resources_per_user);
-    if (this.closing) return;
+    const outcome = await this.env.directory.bind(session, sessions.conflict, limits.max_resources_per_user);
+    if (this.closing) {
+      if (outcome.ok) await this.env.directory.unbind(session);
+      return;
+    }
     if (!outcome.ok) {
-      this.jid = null as unknown as Jid;
       if (outcome.reason === 'conflict') bounce('conflict', `Resource ${resource} is in use`);
       else bounce('resource-constraint', 'Too many resources are connected for this account');
       return;
     }
     if (outcome.replaced)
       outcome.replaced.close('conflict', 'Replaced by a new connection with the same resource');
-    this.bound = true;
+    this.session = session;
     this.state = 'bound';
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     this.handshakeTimer = null;
     this.sendElement(iqResult(iq, new Element('bind', { xmlns: NS_BIND }).c('jid').t(jid.toString()).root()));
     this.log.info({ jid: jid.toString() }, 'resource bound');
-    await this.hostObj?.events.fire('resource-bind', { session: this });
+    await this.hostObj?.events.fire('resource-bind', { session });
+  }
+
+  /**
+   * Stream management resumption: this authenticated, unbound connection
+   * takes over a held session of the same account.
+   */
+  private resume(target: Session): boolean {
+    if (this.state !== 'bind' || !(target instanceof ClientSession) || target.isEnded) return false;
+    if (target.jid.local !== this.username || target.host !== this.host) return false;
+    this.session = target;
+    target.attach(this);
+    this.state = 'bound';
+    if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
+    this.handshakeTimer = null;
+    this.log.info({ jid: target.jid.toString() }, 'session resumed');
+    return true;
+  }
+
+  /** SessionConnection.abandon: the session moved to another connection. */
+  abandon(condition: StreamErrorCondition, text: string): void {
+    this.session = null;
+    this.close(condition, text);
   }
 
   // ---- closing -------------------------------------------------------------
@@ -608,37 +632,32 @@ export class C2SStream implements StreamInfo, Session {
     this.socket.end();
     const socket = this.socket;
     setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref();
-    void this.endSession(condition === 'conflict' ? 'replaced' : condition ? 'error' : 'closed');
+    void this.connectionEnded(condition === 'conflict' ? 'replaced' : condition ? 'error' : 'closed');
   }
 
   private onSocketClosed(): void {
-    void this.endSession('disconnected');
+    void this.connectionEnded('disconnected');
     this.state = 'closed';
   }
 
   private endPromise: Promise<void> | null = null;
-  /** After close(): settles once the session has ended and resource-unbind handlers ran. */
+  /** After close(): settles once the connection is done and its session ended or was held. */
   get ended(): Promise<void> {
     return this.endPromise ?? Promise.resolve();
   }
 
-  private endSession(reason: string): Promise<void> {
-    this.endPromise ??= this.finishSession(reason);
+  private connectionEnded(how: ConnectionEnd): Promise<void> {
+    this.endPromise ??= this.finishConnection(how);
     return this.endPromise;
   }
 
-  private async finishSession(reason: string): Promise<void> {
+  private async finishConnection(how: ConnectionEnd): Promise<void> {
     this.closing = true;
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     this.env.streams.delete(this);
-    if (!this.bound) return;
-    this.bound = false;
-    await this.env.directory.unbind(this);
-    try {
-      await this.hostObj?.events.fire('resource-unbind', { session: this, reason });
-    } catch (err) {
-      this.log.error({ err }, 'resource-unbind handler failed');
-    }
+    const session = this.session;
+    this.session = null;
+    if (session) await session.connectionLost(this, how);
   }
 }
 

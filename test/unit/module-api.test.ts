@@ -66,6 +66,8 @@ class FakeSession implements Session {
   priority = 0;
   presence: Element | null = null;
   readonly received: Element[] = [];
+  readonly connected = true;
+  readonly stanzasIn = 0;
   closed = false;
 
   constructor(readonly jid: Jid) {
@@ -75,6 +77,12 @@ class FakeSession implements Session {
 
   send(stanza: Element): void {
     this.received.push(stanza);
+  }
+
+  sendNonza(): void {}
+
+  addSendListener(): () => void {
+    return () => undefined;
   }
 
   close(): void {

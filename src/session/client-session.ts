@@ -1,0 +1,156 @@
+// A bound client session. It outlives the connection that created it when a
+// module holds it (stream management hibernation) and can be taken over by
+// a new connection (resumption); the router and modules only ever see this
+// object, never the connection behind it.
+import { randomBytes } from 'node:crypto';
+import type { Element } from 'ltx';
+import type { Logger } from 'pino';
+import type { SessionDirectory } from '../cluster/directory.ts';
+import type { Host } from '../host.ts';
+import type { Jid } from '../jid.ts';
+import type { StreamErrorCondition } from '../stream/errors.ts';
+import type { Session } from './session.ts';
+
+/** What a session needs from the stream that currently carries it. */
+export interface SessionConnection {
+  readonly secure: boolean;
+  readonly remoteAddress: string;
+  /** Writes serialized XML to the client. */
+  write(data: string): void;
+  /** Closes the connection, with a stream error when a condition is given. */
+  close(condition?: StreamErrorCondition, text?: string): void;
+  /** Closes the connection without ending the session (it moved elsewhere). */
+  abandon(condition: StreamErrorCondition, text: string): void;
+}
+
+/** Why a connection went away, as the stream saw it. */
+export type ConnectionEnd = 'closed' | 'error' | 'replaced' | 'disconnected';
+
+export class ClientSession implements Session {
+  readonly id = randomBytes(9).toString('base64url');
+  available = false;
+  priority = 0;
+  presence: Element | null = null;
+  /** Stanzas received from the client since binding (acknowledgement counting). */
+  stanzasIn = 0;
+  private connection: SessionConnection | null;
+  private lastSecure: boolean;
+  private lastAddress: string;
+  private readonly sendListeners: ((stanza: Element) => void)[] = [];
+  private endPromise: Promise<void> | null = null;
+
+  constructor(
+    readonly jid: Jid,
+    private readonly hostObj: Host,
+    connection: SessionConnection,
+    private readonly directory: SessionDirectory,
+    private readonly log: Logger,
+  ) {
+    this.connection = connection;
+    this.lastSecure = connection.secure;
+    this.lastAddress = connection.remoteAddress;
+  }
+
+  get host(): string {
+    return this.hostObj.domain;
+  }
+
+  get secure(): boolean {
+    return this.connection?.secure ?? this.lastSecure;
+  }
+
+  get remoteAddress(): string {
+    return this.connection?.remoteAddress ?? this.lastAddress;
+  }
+
+  /** False while the session is held without a connection. */
+  get connected(): boolean {
+    return this.connection !== null;
+  }
+
+  get isEnded(): boolean {
+    return this.endPromise !== null;
+  }
+
+  /** Settles once the session has ended and resource-unbind handlers ran. */
+  get ended(): Promise<void> {
+    return this.endPromise ?? Promise.resolve();
+  }
+
+  send(stanza: Element): void {
+    if (this.endPromise) return;
+    // Listeners see every stanza, also while no connection carries the
+    // session: that is how stream management queues for a resumption.
+    for (const listener of this.sendListeners) listener(stanza);
+    this.connection?.write(stanza.toString());
+  }
+
+  /** Writes a non-stanza element (stream management acks and the like). */
+  sendNonza(element: Element): void {
+    this.connection?.write(element.toString());
+  }
+
+  addSendListener(listener: (stanza: Element) => void): () => void {
+    this.sendListeners.push(listener);
+    return () => {
+      const i = this.sendListeners.indexOf(listener);
+      if (i >= 0) this.sendListeners.splice(i, 1);
+    };
+  }
+
+  close(condition?: StreamErrorCondition, text?: string): void {
+    if (this.connection) this.connection.close(condition, text);
+    else void this.end(condition === 'conflict' ? 'replaced' : 'expired');
+  }
+
+  /**
+   * The connection went away. A connection lost without a closing handshake
+   * may be held by a module (hibernation); otherwise the session ends.
+   */
+  connectionLost(connection: SessionConnection, how: ConnectionEnd): Promise<void> {
+    if (connection !== this.connection || this.endPromise) return this.ended;
+    if (how === 'disconnected') {
+      let held = false;
+      const fired = this.hostObj.events.fire('session-disconnected', {
+        session: this,
+        hold: () => {
+          held = true;
+        },
+      });
+      const decide = () => {
+        if (held) {
+          this.connection = null;
+          this.log.info({ jid: this.jid.toString() }, 'connection lost; session held for resumption');
+          return this.ended;
+        }
+        return this.end(how);
+      };
+      return fired instanceof Promise ? fired.then(decide, () => this.end(how)) : decide();
+    }
+    return this.end(how);
+  }
+
+  /** A new connection takes over this session (stream management resumption). */
+  attach(connection: SessionConnection): void {
+    const previous = this.connection;
+    this.connection = connection;
+    this.lastSecure = connection.secure;
+    this.lastAddress = connection.remoteAddress;
+    previous?.abandon('conflict', 'The session was resumed on another connection');
+  }
+
+  /** Ends the session: unbinds it and tells the modules. */
+  end(reason: string): Promise<void> {
+    this.endPromise ??= this.finish(reason);
+    return this.endPromise;
+  }
+
+  private async finish(reason: string): Promise<void> {
+    await this.directory.unbind(this);
+    try {
+      await this.hostObj.events.fire('resource-unbind', { session: this, reason });
+    } catch (err) {
+      this.log.error({ err }, 'resource-unbind handler failed');
+    }
+  }
+}
