@@ -74,6 +74,8 @@ export interface ModuleContext<Options> {
   features(): string[];
   identities(): Identity[];
 
+  /** Fires an event on this host, for modules that cooperate through events rather than APIs. */
+  fire<K extends keyof ChorusEvents>(event: K, payload: ChorusEvents[K]): boolean | Promise<boolean>;
   /** Routes a stanza that the server originates (from must be set). */
   send(stanza: Element): void;
   /** Sends an IQ get/set and resolves with the result (rejects on error or timeout). */

@@ -157,6 +157,7 @@ export async function loadModule(
     addIdentity: (identity) => disposers.push(host.addIdentity(identity)),
     features: () => host.features(),
     identities: () => host.identities(),
+    fire: (event, payload) => host.events.fire(event, payload),
     send: (stanza) => env.route(stanza),
     sendIq(stanza, timeoutMs = 30_000) {
       if (!stanza.attrs.from) stanza.attrs.from = host.domain;

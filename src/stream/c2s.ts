@@ -61,6 +61,7 @@ export class C2SStream implements StreamInfo, SessionConnection {
   private headerSent = false;
   private headerCount = 0;
   private closing = false;
+  private closeSent = false;
   private authAttempts = 0;
   private sasl: SaslMechanism | null = null;
   private hostObj: Host | null = null;
@@ -119,7 +120,7 @@ export class C2SStream implements StreamInfo, SessionConnection {
 
   /** SessionConnection.write: serialized XML for the client. */
   write(data: string): void {
-    if (this.state === 'closed' || this.socket.destroyed) return;
+    if (this.state === 'closed' || this.closeSent || this.socket.destroyed) return;
     this.socket.write(data);
     if (this.socket.writableLength > MAX_OUTBOUND_BYTES && !this.closing) {
       // The client is not reading: it cannot make us buffer without bound.
@@ -629,6 +630,9 @@ export class C2SStream implements StreamInfo, SessionConnection {
       this.write(streamErrorElement(condition, text).toString());
     }
     if (this.state !== 'tls-handshake') this.write('</stream:stream>');
+    // Nothing may follow the closing tag; stanzas still routed to the session
+    // go to its send listeners (stream management rescues them).
+    this.closeSent = true;
     this.socket.end();
     const socket = this.socket;
     setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref();
