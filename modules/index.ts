@@ -12,4 +12,13 @@ export const builtinModules: Record<string, ModuleImport> = {
   register: () => import('./register.ts') as Promise<{ default: ModuleDefinition }>,
   roster: () => import('./roster.ts') as Promise<{ default: ModuleDefinition }>,
   presence: () => import('./presence/index.ts') as Promise<{ default: ModuleDefinition }>,
+  carbons: () => import('./carbons.ts') as Promise<{ default: ModuleDefinition }>,
+  offline: () => import('./offline.ts') as Promise<{ default: ModuleDefinition }>,
+  vcard: () => import('./vcard.ts') as Promise<{ default: ModuleDefinition }>,
+  private: () => import('./private.ts') as Promise<{ default: ModuleDefinition }>,
+  last: () => import('./last.ts') as Promise<{ default: ModuleDefinition }>,
+  blocking: () => import('./blocking.ts') as Promise<{ default: ModuleDefinition }>,
+  smacks: () => import('./smacks.ts') as Promise<{ default: ModuleDefinition }>,
+  csi: () => import('./csi.ts') as Promise<{ default: ModuleDefinition }>,
+  keepalive: () => import('./keepalive.ts') as Promise<{ default: ModuleDefinition }>,
 };

@@ -92,7 +92,10 @@ type StanzaEvents = {
 export type ChorusEvents = StanzaEvents & {
   /** A session bound a resource and can now send and receive stanzas. */
   'resource-bind': SessionEvent;
-  /** A session ended; its resource is gone. */
+  /**
+   * A session ended; its resource is gone. The session is already out of the
+   * directory when this fires (modules rely on that to see "last session gone").
+   */
   'resource-unbind': SessionEndEvent;
   /** A session's connection dropped without a closing handshake. */
   'session-disconnected': SessionDisconnectedEvent;

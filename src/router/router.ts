@@ -215,7 +215,7 @@ export class Router {
             return true;
           }
           // RFC 6121 8.5.3.2.1: no such resource.
-          switch (ev.stanza.attrs.type ?? 'normal') {
+          switch (messageType(ev.stanza)) {
             case 'chat':
             case 'normal':
               return after(host.events.fire('message/bare', { ...ev, to: ev.to.bare }), () => true);
@@ -235,7 +235,7 @@ export class Router {
       'message/offline',
       (ev) =>
         after(this.deps.userExists(ev.to.domain, ev.to.local), (exists) => {
-          const type = ev.stanza.attrs.type ?? 'normal';
+          const type = messageType(ev.stanza);
           // Nothing is dropped silently that a user would miss: chat and normal
           // messages that no one can take are bounced to the sender.
           if (type === 'chat' || type === 'normal' || (type === 'groupchat' && !exists)) {
@@ -250,7 +250,7 @@ export class Router {
     on(
       'message/host',
       (ev) => {
-        const type = ev.stanza.attrs.type ?? 'normal';
+        const type = messageType(ev.stanza);
         if (type === 'chat' || type === 'normal')
           this.bounce(ev.stanza, 'service-unavailable', undefined, ev.origin);
         else this.counters.dropped++;
@@ -292,7 +292,7 @@ export class Router {
 
   /** RFC 6121 8.5.2: a message to a local user's bare JID. */
   private messageToBare(host: Host, ev: StanzaEvent): boolean | Promise<boolean> {
-    const type = ev.stanza.attrs.type ?? 'normal';
+    const type = messageType(ev.stanza);
     if (type === 'error') {
       this.counters.dropped++;
       return true;
@@ -302,17 +302,33 @@ export class Router {
       return true;
     }
     return after(this.deps.directory.resources(ev.to.bareString()), (sessions) => {
-      let targets = sessions.filter((s) => s.available && s.priority >= 0);
-      if (type === 'chat' && targets.length > 1) {
-        // Chat goes to the most available resource(s); carbons copy it to the rest.
-        const top = Math.max(...targets.map((s) => s.priority));
-        targets = targets.filter((s) => s.priority === top);
-      }
+      const targets = bareMessageRecipients(ev.stanza, sessions);
       if (targets.length === 0) return after(host.events.fire('message/offline', ev), () => true);
       for (const s of targets) this.deliver(s, ev.stanza);
       return true;
     });
   }
+}
+
+/** RFC 6121 5.2.2: a message without a type, or of a type not defined there, is "normal". */
+function messageType(message: Element): 'chat' | 'error' | 'groupchat' | 'headline' | 'normal' {
+  const type = message.attrs.type;
+  return type === 'chat' || type === 'error' || type === 'groupchat' || type === 'headline' ? type : 'normal';
+}
+
+/**
+ * Who gets a message addressed to a user's bare JID (RFC 6121 8.5.2.1):
+ * available resources of non-negative priority; chat only the highest of
+ * them (carbons copy it to the rest). Exported so modules that must know the
+ * recipients (carbons) decide exactly as the router does.
+ */
+export function bareMessageRecipients(message: Element, sessions: readonly Session[]): Session[] {
+  const type = messageType(message);
+  if (type === 'error' || type === 'groupchat') return [];
+  const targets = sessions.filter((s) => s.available && s.priority >= 0);
+  if (type !== 'chat' || targets.length < 2) return targets;
+  const top = Math.max(...targets.map((s) => s.priority));
+  return targets.filter((s) => s.priority === top);
 }
 
 export function addressKind(to: Jid): AddressKind {
