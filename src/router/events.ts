@@ -99,7 +99,10 @@ export type ChorusEvents = StanzaEvents & {
   'resource-unbind': SessionEndEvent;
   /** A session's connection dropped without a closing handshake. */
   'session-disconnected': SessionDisconnectedEvent;
-  /** A message for an existing local user with no session to take it. */
+  /**
+   * A chat or normal message for a local bare JID that no session can take
+   * (the account may not exist: the core default checks before bouncing).
+   */
   'message/offline': StanzaEvent;
   /** A stanza for a domain that is not served here (s2s hooks in here). */
   'route/remote': StanzaEvent;
