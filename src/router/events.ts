@@ -100,7 +100,7 @@ export type ChorusEvents = StanzaEvents & {
   /** A session's connection dropped without a closing handshake. */
   'session-disconnected': SessionDisconnectedEvent;
   /**
-   * A chat or normal message for a local bare JID that no session can take
+   * A message (not groupchat or error) for a local bare JID that no session can take
    * (the account may not exist: the core default checks before bouncing).
    */
   'message/offline': StanzaEvent;
