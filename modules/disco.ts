@@ -63,7 +63,8 @@ export default defineModule({
         }
         const query = new Element('query', { xmlns: NS_INFO });
         query.c('identity', { category: 'account', type: 'registered' });
-        query.c('feature', { var: NS_INFO });
+        for (const feature of new Set([NS_INFO, ...ctx.accountFeatures()]))
+          query.c('feature', { var: feature });
         reply(query);
         return true;
       },

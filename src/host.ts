@@ -27,6 +27,7 @@ export class Host {
   readonly events = new HookBus<ChorusEvents>();
   readonly jid: Jid;
   private readonly featureCounts = new Map<string, number>();
+  private readonly accountFeatureCounts = new Map<string, number>();
   private readonly identityList: Identity[] = [];
   private readonly pendingIqs = new Map<string, PendingIq>();
   private iqCounter = 0;
@@ -35,14 +36,18 @@ export class Host {
     this.jid = Jid.parse(domain);
   }
 
-  /** Adds a disco feature; returns a remover (features are reference-counted). */
+  /** Adds a disco feature of the server; returns a remover (features are reference-counted). */
   addFeature(ns: string): () => void {
-    this.featureCounts.set(ns, (this.featureCounts.get(ns) ?? 0) + 1);
-    return () => {
-      const n = (this.featureCounts.get(ns) ?? 1) - 1;
-      if (n <= 0) this.featureCounts.delete(ns);
-      else this.featureCounts.set(ns, n);
-    };
+    return addCounted(this.featureCounts, ns);
+  }
+
+  /** Adds a disco feature of every account on this host (e.g. urn:xmpp:mam:2). */
+  addAccountFeature(ns: string): () => void {
+    return addCounted(this.accountFeatureCounts, ns);
+  }
+
+  accountFeatures(): string[] {
+    return [...this.accountFeatureCounts.keys()].sort();
   }
 
   addIdentity(identity: Identity): () => void {
@@ -94,4 +99,16 @@ export class Host {
     }
     this.pendingIqs.clear();
   }
+}
+
+function addCounted(counts: Map<string, number>, key: string): () => void {
+  counts.set(key, (counts.get(key) ?? 0) + 1);
+  let removed = false;
+  return () => {
+    if (removed) return;
+    removed = true;
+    const n = (counts.get(key) ?? 1) - 1;
+    if (n <= 0) counts.delete(key);
+    else counts.set(key, n);
+  };
 }

@@ -68,10 +68,14 @@ export interface ModuleContext<Options> {
     handler: (event: IqEvent) => HandlerResult,
     targets?: IqTarget[],
   ): void;
+  /** A disco feature of the server (disco#info to the host). */
   addFeature(ns: string): void;
+  /** A disco feature of each account (disco#info to a user's bare JID), e.g. urn:xmpp:mam:2. */
+  addAccountFeature(ns: string): void;
   addIdentity(identity: Identity): void;
   /** Features and identities registered by every module of this host (for disco). */
   features(): string[];
+  accountFeatures(): string[];
   identities(): Identity[];
 
   /** Fires an event on this host, for modules that cooperate through events rather than APIs. */

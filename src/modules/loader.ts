@@ -154,8 +154,10 @@ export async function loadModule(
       for (const target of targets) hook(`iq-${type}/${target}/${ns}:${name}`, handler);
     },
     addFeature: (ns) => disposers.push(host.addFeature(ns)),
+    addAccountFeature: (ns) => disposers.push(host.addAccountFeature(ns)),
     addIdentity: (identity) => disposers.push(host.addIdentity(identity)),
     features: () => host.features(),
+    accountFeatures: () => host.accountFeatures(),
     identities: () => host.identities(),
     fire: (event, payload) => host.events.fire(event, payload),
     send: (stanza) => env.route(stanza),
