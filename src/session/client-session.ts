@@ -9,7 +9,7 @@ import type { SessionDirectory } from '../cluster/directory.ts';
 import type { Host } from '../host.ts';
 import type { Jid } from '../jid.ts';
 import type { StreamErrorCondition } from '../stream/errors.ts';
-import type { Session } from './session.ts';
+import type { SendFilter, SendFilterHandle, Session } from './session.ts';
 
 /** What a session needs from the stream that currently carries it. */
 export interface SessionConnection {
@@ -37,6 +37,8 @@ export class ClientSession implements Session {
   private lastSecure: boolean;
   private lastAddress: string;
   private readonly sendListeners: ((stanza: Element) => void)[] = [];
+  /** One object per registration, so that release() finds its own place in the chain. */
+  private readonly sendFilters: { filter: SendFilter }[] = [];
   private endPromise: Promise<void> | null = null;
 
   constructor(
@@ -78,9 +80,18 @@ export class ClientSession implements Session {
   }
 
   send(stanza: Element): void {
+    this.pass(stanza, 0);
+  }
+
+  /** Filters from index `first` on, then listeners, then the connection. */
+  private pass(stanza: Element, first: number): void {
     if (this.endPromise) return;
-    // Listeners see every stanza, also while no connection carries the
-    // session: that is how stream management queues for a resumption.
+    for (let i = first; i < this.sendFilters.length; i++) {
+      if (this.sendFilters[i]!.filter(stanza) === 'hold') return;
+    }
+    // Listeners see every stanza that is let through, also while no
+    // connection carries the session: that is how stream management queues
+    // for a resumption (and why held stanzas are counted only once released).
     for (const listener of this.sendListeners) listener(stanza);
     this.connection?.write(stanza.toString());
   }
@@ -95,6 +106,19 @@ export class ClientSession implements Session {
     return () => {
       const i = this.sendListeners.indexOf(listener);
       if (i >= 0) this.sendListeners.splice(i, 1);
+    };
+  }
+
+  addSendFilter(filter: SendFilter): SendFilterHandle {
+    const entry = { filter };
+    this.sendFilters.push(entry);
+    return {
+      // indexOf is -1 once removed: the stanza then goes through the whole chain.
+      release: (stanza) => this.pass(stanza, this.sendFilters.indexOf(entry) + 1),
+      remove: () => {
+        const i = this.sendFilters.indexOf(entry);
+        if (i >= 0) this.sendFilters.splice(i, 1);
+      },
     };
   }
 

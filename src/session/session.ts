@@ -17,6 +17,27 @@ export interface StreamInfo {
   readonly jid: Jid | null;
 }
 
+/**
+ * Decides, before a stanza reaches the send listeners and the connection,
+ * whether it goes on now ('deliver') or is held back ('hold'). A filter that
+ * holds a stanza owns it: it passes it on later with release(), or drops it.
+ */
+export type SendFilter = (stanza: Element) => 'deliver' | 'hold';
+
+/** A registered send filter. */
+export interface SendFilterHandle {
+  /**
+   * Passes on a stanza this filter held: through the filters after this one,
+   * then the send listeners, then the connection (dropped once the session
+   * ended). May be called from inside the filter itself, to send held
+   * stanzas ahead of the one being filtered. After remove(), a released
+   * stanza goes through the whole chain.
+   */
+  release(stanza: Element): void;
+  /** Unregisters the filter; it no longer sees stanzas. */
+  remove(): void;
+}
+
 export interface Session {
   readonly id: string;
   /** The bound full JID. */
@@ -38,8 +59,13 @@ export interface Session {
   send(stanza: Element): void;
   /** Writes a non-stanza element to the current connection, if any. */
   sendNonza(element: Element): void;
-  /** Sees every stanza sent to the session, before it is written; returns a remover. */
+  /**
+   * Sees every stanza as it is written, or queued while no connection
+   * carries the session (after the send filters let it through); returns a remover.
+   */
   addSendListener(listener: (stanza: Element) => void): () => void;
+  /** Adds a filter that may hold outgoing stanzas back; filters run in the order added. */
+  addSendFilter(filter: SendFilter): SendFilterHandle;
   /** Ends the session, with a stream error when a condition is given. */
   close(condition?: StreamErrorCondition, text?: string): void;
 }

@@ -21,7 +21,7 @@ import {
   type ModuleEnvironment,
 } from '../../src/modules/loader.ts';
 import { Router } from '../../src/router/router.ts';
-import type { Session } from '../../src/session/session.ts';
+import type { SendFilterHandle, Session } from '../../src/session/session.ts';
 import { MemoryDriver } from '../../src/storage/memory.ts';
 import { startTestServer } from '../helpers/server.ts';
 
@@ -83,6 +83,10 @@ class FakeSession implements Session {
 
   addSendListener(): () => void {
     return () => undefined;
+  }
+
+  addSendFilter(): SendFilterHandle {
+    return { release: () => undefined, remove: () => undefined };
   }
 
   close(): void {
