@@ -203,7 +203,24 @@ export const configSchema = section({
   hosts: list(hostSchema, 'hosts')
     .min(1, { error: 'must list at least one host' })
     .prefault([{ domain: 'localhost' }]),
-  modules: moduleList().prefault(['disco', 'ping', 'version', 'time', 'register', 'roster', 'presence']),
+  modules: moduleList().prefault([
+    'disco',
+    'ping',
+    'version',
+    'time',
+    'register',
+    'roster',
+    'presence',
+    'carbons',
+    'offline',
+    'blocking',
+    'vcard',
+    'private',
+    'last',
+    'smacks',
+    'csi',
+    'keepalive',
+  ]),
   module_options: moduleOptionsSchema.prefault({ register: { allow_registration: false } }),
   listeners: list(listenerSchema, 'listeners').prefault([
     { type: 'c2s', port: 5222, address: '::', tls: 'starttls', starttls_required: true },

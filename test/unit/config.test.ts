@@ -20,7 +20,24 @@ const FILE = 'conf/test.yaml';
 function expectedDefaults(cwd: string): ChorusConfig {
   return {
     hosts: [{ domain: 'localhost', modules_disabled: [] }],
-    modules: ['disco', 'ping', 'version', 'time', 'register', 'roster', 'presence'],
+    modules: [
+      'disco',
+      'ping',
+      'version',
+      'time',
+      'register',
+      'roster',
+      'presence',
+      'carbons',
+      'offline',
+      'blocking',
+      'vcard',
+      'private',
+      'last',
+      'smacks',
+      'csi',
+      'keepalive',
+    ],
     module_options: { register: { allow_registration: false } },
     listeners: [
       { type: 'c2s', port: 5222, address: '::', tls: 'starttls', starttls_required: true },
@@ -200,6 +217,15 @@ describe('config', () => {
         'register',
         'roster',
         'presence',
+        'carbons',
+        'offline',
+        'blocking',
+        'vcard',
+        'private',
+        'last',
+        'smacks',
+        'csi',
+        'keepalive',
       ]);
       expect(modulesForHost(config, config.hosts[1]!)).to.deep.equal(['disco', 'ping']);
       expect(modulesForHost(config, config.hosts[2]!)).to.deep.equal([
@@ -208,6 +234,15 @@ describe('config', () => {
         'version',
         'roster',
         'presence',
+        'carbons',
+        'offline',
+        'blocking',
+        'vcard',
+        'private',
+        'last',
+        'smacks',
+        'csi',
+        'keepalive',
       ]);
     });
   });
