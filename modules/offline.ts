@@ -169,7 +169,11 @@ export default defineModule({
             ctx.log.error({ err, user, id: item.id }, 'dropping an unreadable offline message');
             continue;
           }
-          stanza.c('delay', { xmlns: NS_DELAY, from: ctx.host, stamp: new Date(item.when).toISOString() });
+          // A message that was already held elsewhere on this server (stream
+          // management) carries the earlier, truer stamp: keep only that one.
+          const held = stanza.getChildren('delay', NS_DELAY).some((d) => d.attrs.from === ctx.host);
+          if (!held)
+            stanza.c('delay', { xmlns: NS_DELAY, from: ctx.host, stamp: new Date(item.when).toISOString() });
           session.send(stanza);
         }
         if (done.length > 0) await archive.delete(user, { ids: done });

@@ -7,8 +7,9 @@ import { Element } from 'ltx';
 import { z } from 'zod';
 import { Jid } from '../src/jid.ts';
 import { defineModule } from '../src/modules/api.ts';
-import type { Session } from '../src/session/session.ts';
+import type { Session, StreamInfo } from '../src/session/session.ts';
 import { errorReply } from '../src/stanza.ts';
+import { streamErrorElement } from '../src/stream/errors.ts';
 
 const NS = 'urn:xmpp:sm:3';
 const NS_DELAY = 'urn:xmpp:delay';
@@ -165,16 +166,23 @@ export default defineModule({
           const h = Number(element.attrs.h);
           if (!st) return true;
           if (!Number.isInteger(h) || h < 0 || h >= MOD || !applyAck(st, h)) {
-            // XEP-0198 section 4: acking more than was sent ends the stream.
-            session.close(
-              'undefined-condition',
-              `The client acknowledged ${element.attrs.h} stanzas; ${st.sent} were sent`,
+            // XEP-0198 section 4: acking more than was sent ends the stream
+            // with undefined-condition and <handled-count-too-high/>. The
+            // session's close() takes no application condition, so the stream
+            // error is written here and the stream then closed without one.
+            session.sendNonza(
+              streamErrorElement(
+                'undefined-condition',
+                `The client acknowledged ${element.attrs.h} stanzas; ${st.sent} were sent`,
+                Number.isInteger(h) && h >= 0 && h < MOD ? tooHigh(st, h) : undefined,
+              ),
             );
+            session.close();
           }
           return true;
         }
         case 'resume':
-          send(resumeSession(element, resume));
+          send(resumeSession(element, stream, resume));
           return true;
         default:
           return false;
@@ -182,10 +190,14 @@ export default defineModule({
     });
 
     /** Returns the element to send for a <resume/> request, resuming on success. */
-    const resumeSession = (element: Element, adopt: (s: Session) => boolean): Element => {
+    const resumeSession = (element: Element, stream: StreamInfo, adopt: (s: Session) => boolean): Element => {
       const st = resumable.get(element.attrs.previd ?? '');
       const h = Number(element.attrs.h);
-      if (!st) return failed('item-not-found');
+      // Another account's session does not exist as far as this client can
+      // tell: checked before anything else, so no answer reveals the id.
+      if (!st || stream.username !== st.session.jid.local || stream.host !== st.session.host) {
+        return failed('item-not-found');
+      }
       if (!Number.isInteger(h) || h < 0 || h >= MOD) return failed('bad-request');
       if ((h - st.acked + MOD) % MOD > st.unacked.length) {
         return failed('undefined-condition', undefined, tooHigh(st, h));
