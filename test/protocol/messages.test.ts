@@ -17,7 +17,11 @@ describe('protocol: messages between accounts', function () {
   let server: TestServer;
 
   before(async () => {
-    server = await startTestServer();
+    // The core's delivery rules, without offline storage (which would keep
+    // what these tests expect to bounce): see offline.test.ts for that.
+    server = await startTestServer({
+      yaml: 'modules: [disco, ping, version, time, register, roster, presence]',
+    });
   });
   after(() => server.stop());
 
