@@ -32,7 +32,15 @@ export class Host {
   private readonly pendingIqs = new Map<string, PendingIq>();
   private iqCounter = 0;
 
-  constructor(readonly domain: string) {
+  /**
+   * 'vhost': a configured virtual host with accounts and client logins;
+   * 'service': a subdomain a module serves (e.g. conference.<host>), which
+   * takes no client streams.
+   */
+  constructor(
+    readonly domain: string,
+    readonly kind: 'vhost' | 'service' = 'vhost',
+  ) {
     this.jid = Jid.parse(domain);
   }
 

@@ -182,6 +182,20 @@ export class Server implements C2SEnvironment {
         setPassword: (u, p) => this.accounts.setPassword(host, u, p),
         delete: (u) => this.accounts.delete(host, u),
       }),
+      addServiceHost: (domain: string) => {
+        if (this.hosts.has(domain))
+          throw new Error(`${domain} is already served; a service needs its own domain`);
+        const service = new Host(domain, 'service');
+        this.router.installDefaults(service);
+        this.hosts.set(domain, service);
+        return {
+          host: service,
+          remove: () => {
+            if (this.hosts.get(domain) === service) this.hosts.delete(domain);
+            service.cancelPendingIqs();
+          },
+        };
+      },
       route: (stanza: Element) => {
         // A module's send() is fire-and-forget: a failing handler downstream
         // is logged here, never left as an unhandled rejection.
@@ -265,7 +279,8 @@ export class Server implements C2SEnvironment {
     const previous = this.config;
     this.config = { ...next, listeners: previous.listeners, storage: previous.storage };
     this.throttle = makeThrottle(this.config);
-    for (const domain of [...this.hosts.keys()]) {
+    const vhosts = [...this.hosts.values()].filter((h) => h.kind === 'vhost').map((h) => h.domain);
+    for (const domain of vhosts) {
       if (!plans.has(domain)) await this.closeStreams(domain, 'host-gone', 'This host is no longer served');
       await this.unloadHostModules(domain);
       if (!plans.has(domain)) this.hosts.delete(domain);

@@ -47,6 +47,24 @@ export interface StorageService {
   archive<T = JsonValue>(store: string): ArchiveStore<T>;
 }
 
+/** A subdomain served by a module: its stanzas fire events on its own bus. */
+export interface ServiceContext {
+  readonly domain: string;
+  readonly jid: Jid;
+  hook<K extends keyof ChorusEvents>(event: K, handler: Handler<ChorusEvents[K]>, priority?: number): void;
+  handleIq(
+    type: 'get' | 'set',
+    ns: string,
+    name: string,
+    handler: (event: IqEvent) => HandlerResult,
+    targets?: IqTarget[],
+  ): void;
+  addFeature(ns: string): void;
+  addIdentity(identity: Identity): void;
+  features(): string[];
+  identities(): Identity[];
+}
+
 export interface ModuleContext<Options> {
   /** The virtual host this instance of the module serves. */
   readonly host: string;
@@ -78,6 +96,12 @@ export interface ModuleContext<Options> {
   accountFeatures(): string[];
   identities(): Identity[];
 
+  /**
+   * Serves a subdomain (e.g. conference.example.org) from this module:
+   * stanzas to it and to JIDs at it fire events on the returned context.
+   * Removed when the module unloads. Throws if the domain is already served.
+   */
+  addService(domain: string): ServiceContext;
   /** Fires an event on this host, for modules that cooperate through events rather than APIs. */
   fire<K extends keyof ChorusEvents>(event: K, payload: ChorusEvents[K]): boolean | Promise<boolean>;
   /** Routes a stanza that the server originates (from must be set). */

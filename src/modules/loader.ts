@@ -15,6 +15,7 @@ import type {
   IqTarget,
   ModuleContext,
   ModuleDefinition,
+  ServiceContext,
   SessionService,
   StorageService,
 } from './api.ts';
@@ -29,6 +30,8 @@ export interface ModuleEnvironment {
   accountsFor(host: string): AccountService;
   sessions: SessionService;
   route(stanza: Element): void;
+  /** Creates a service host for a subdomain; returns it and a remover. */
+  addServiceHost(domain: string): { host: Host; remove(): void };
 }
 
 export interface LoadedModule {
@@ -126,14 +129,29 @@ export async function loadModule(
   const unloadHooks: (() => void | Promise<void>)[] = [];
   const log = env.log.child({ module: def.name, host: host.domain });
 
-  const hook = <K extends keyof ChorusEvents>(event: K, handler: Handler<ChorusEvents[K]>, priority = 0) => {
-    if (!Number.isFinite(priority) || priority <= DEFAULT_PRIORITY) {
-      throw new ModuleError(
-        `module '${def.name}': hook priority must be a finite number above ${DEFAULT_PRIORITY} (the core default)`,
-      );
-    }
-    disposers.push(host.events.on(event, handler, priority));
-  };
+  const hookOn =
+    (target: Host) =>
+    <K extends keyof ChorusEvents>(event: K, handler: Handler<ChorusEvents[K]>, priority = 0) => {
+      if (!Number.isFinite(priority) || priority <= DEFAULT_PRIORITY) {
+        throw new ModuleError(
+          `module '${def.name}': hook priority must be a finite number above ${DEFAULT_PRIORITY} (the core default)`,
+        );
+      }
+      disposers.push(target.events.on(event, handler, priority));
+    };
+  const hook = hookOn(host);
+  const handleIqOn =
+    (target: Host) =>
+    (
+      type: 'get' | 'set',
+      ns: string,
+      name: string,
+      handler: Handler<IqEvent>,
+      targets: IqTarget[] = ['host'],
+    ) => {
+      const on = hookOn(target);
+      for (const kind of targets) on(`iq-${type}/${kind}/${ns}:${name}`, handler);
+    };
 
   const storage: StorageService = {
     keyval: (store) => env.storage.keyval(host.domain, store),
@@ -150,8 +168,21 @@ export async function loadModule(
     sessions: env.sessions,
     storage,
     hook,
-    handleIq(type, ns, name, handler: Handler<IqEvent>, targets: IqTarget[] = ['host']) {
-      for (const target of targets) hook(`iq-${type}/${target}/${ns}:${name}`, handler);
+    handleIq: handleIqOn(host),
+    addService(domain: string): ServiceContext {
+      const service = env.addServiceHost(domain);
+      disposers.push(service.remove);
+      const target = service.host;
+      return {
+        domain: target.domain,
+        jid: target.jid,
+        hook: hookOn(target),
+        handleIq: handleIqOn(target),
+        addFeature: (ns) => disposers.push(target.addFeature(ns)),
+        addIdentity: (identity) => disposers.push(target.addIdentity(identity)),
+        features: () => target.features(),
+        identities: () => target.identities(),
+      };
     },
     addFeature: (ns) => disposers.push(host.addFeature(ns)),
     addAccountFeature: (ns) => disposers.push(host.addAccountFeature(ns)),

@@ -192,7 +192,8 @@ export class C2SStream implements StreamInfo, SessionConnection {
     const requestedHost = to || this.env.defaultHost;
     // Reply with a header first, so that any stream error below is well-formed.
     const firstHeader = !this.host;
-    if (firstHeader) this.host = this.env.hosts.has(requestedHost) ? requestedHost : this.env.defaultHost;
+    const served = this.env.hosts.get(requestedHost)?.kind === 'vhost';
+    if (firstHeader) this.host = served ? requestedHost : this.env.defaultHost;
     this.sendHeader(header.attrs.from);
 
     if (header.localName !== 'stream' || header.namespace !== NS_STREAMS) {
@@ -208,8 +209,7 @@ export class C2SStream implements StreamInfo, SessionConnection {
     if (!version || Number.parseInt(version.split('.')[0] ?? '0', 10) < 1) {
       throw new StreamError('unsupported-version', 'XMPP 1.0 (version="1.0") is required');
     }
-    if (!this.env.hosts.has(requestedHost))
-      throw new StreamError('host-unknown', `${requestedHost} is not served here`);
+    if (!served) throw new StreamError('host-unknown', `${requestedHost} is not served here`);
     if (requestedHost !== this.host) {
       // The host may not change across a restart: credentials belong to one host.
       throw new StreamError('host-unknown', `This stream was opened for ${this.host}`);

@@ -107,8 +107,9 @@ function harness() {
   const directory = new InProcessDirectory();
   const storage = new MemoryDriver();
   const log = pino({ level: 'silent' });
+  const hosts = new Map([[DOMAIN, host]]);
   const router = new Router({
-    hosts: new Map([[DOMAIN, host]]),
+    hosts,
     directory,
     userExists: () => Promise.resolve(true),
     log,
@@ -128,6 +129,12 @@ function harness() {
       get: (full) => directory.get(full),
     },
     route: (stanza) => void router.route(stanza, null),
+    addServiceHost: (domain) => {
+      const service = new Host(domain, 'service');
+      router.installDefaults(service);
+      hosts.set(domain, service);
+      return { host: service, remove: () => hosts.delete(domain) };
+    },
   };
   const loaded = new Map<string, LoadedModule>();
   return {
