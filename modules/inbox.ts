@@ -89,6 +89,7 @@ import { defineModule } from '../src/modules/api.ts';
 import type { IqEvent, StanzaEvent } from '../src/router/events.ts';
 import { Jid } from '../src/jid.ts';
 import { childElements, cloneElement, NS_CLIENT } from '../src/stanza.ts';
+import { KeyedQueue } from '../src/util/keyed-queue.ts';
 
 export const NS_INBOX = 'urn:xmpp:inbox:1';
 const NS_FORWARD = 'urn:xmpp:forward:0';
@@ -140,24 +141,6 @@ interface Paging {
 
 class BadRequest extends Error {}
 class NotFound extends Error {}
-
-/** Runs tasks one after another per key. */
-class Serializer {
-  private readonly tails = new Map<string, Promise<void>>();
-
-  run<T>(key: string, task: () => Promise<T>): Promise<T> {
-    const result = (this.tails.get(key) ?? Promise.resolve()).then(task);
-    const tail = result.then(
-      () => undefined,
-      () => undefined,
-    );
-    this.tails.set(key, tail);
-    void tail.then(() => {
-      if (this.tails.get(key) === tail) this.tails.delete(key);
-    });
-    return result;
-  }
-}
 
 /** A one-to-one instant message: chat or normal, with a body, not from a MUC. */
 function countable(message: Element): boolean {
@@ -322,7 +305,7 @@ export default defineModule({
     const store = ctx.storage.map<InboxEntry>('inbox');
     const resetMarkers = new Set<string>(ctx.options.reset_markers);
     const maxPage = ctx.options.max_page_size;
-    const queue = new Serializer();
+    const queue = new KeyedQueue();
     /** Messages already counted for their recipient (message/full hands some on to message/bare). */
     const received = new WeakSet<Element>();
     /** Messages already counted for their sender. */

@@ -21,5 +21,6 @@ export const builtinModules: Record<string, ModuleImport> = {
   smacks: () => import('./smacks.ts') as Promise<{ default: ModuleDefinition }>,
   csi: () => import('./csi.ts') as Promise<{ default: ModuleDefinition }>,
   keepalive: () => import('./keepalive.ts') as Promise<{ default: ModuleDefinition }>,
+  mam: () => import('./mam/index.ts') as Promise<{ default: ModuleDefinition }>,
   inbox: () => import('./inbox.ts') as Promise<{ default: ModuleDefinition }>,
 };

@@ -28,6 +28,7 @@ import { defineModule } from '../src/modules/api.ts';
 import type { Session } from '../src/session/session.ts';
 import { childElements, errorReply } from '../src/stanza.ts';
 import type { RosterApi } from './roster.ts';
+import { KeyedQueue } from '../src/util/keyed-queue.ts';
 
 const NS_DELAY = 'urn:xmpp:delay';
 const NS_CHATSTATES = 'http://jabber.org/protocol/chatstates';
@@ -59,24 +60,6 @@ export function isStorable(stanza: Element): 'store' | 'drop' | 'skip' {
     children.some((c) => c.getNS() === NS_CHATSTATES) &&
     children.every((c) => c.getNS() === NS_CHATSTATES || c.name === 'thread');
   return standaloneChatState ? 'drop' : 'store';
-}
-
-/** Runs tasks one after another per key. */
-class KeyedQueue {
-  private readonly tails = new Map<string, Promise<unknown>>();
-
-  run<T>(key: string, task: () => Promise<T>): Promise<T> {
-    const result = (this.tails.get(key) ?? Promise.resolve()).then(task);
-    const tail = result.then(
-      () => undefined,
-      () => undefined,
-    );
-    this.tails.set(key, tail);
-    void tail.then(() => {
-      if (this.tails.get(key) === tail) this.tails.delete(key);
-    });
-    return result;
-  }
 }
 
 export default defineModule({

@@ -23,6 +23,7 @@ import { z } from 'zod';
 import { defineModule } from '../src/modules/api.ts';
 import type { IqEvent } from '../src/router/events.ts';
 import { childElements, cloneElement } from '../src/stanza.ts';
+import { KeyedQueue } from '../src/util/keyed-queue.ts';
 
 export const NS_PRIVATE = 'jabber:iq:private';
 const RESERVED = new Set(['jabber:client', 'jabber:server', NS_PRIVATE]);
@@ -69,23 +70,6 @@ function isEmpty(element: Element): boolean {
   );
 }
 
-/** Keyed serial execution, so two sets of one user never race on the quota. */
-function keyedQueue() {
-  const tails = new Map<string, Promise<unknown>>();
-  return <T>(key: string, task: () => Promise<T>): Promise<T> => {
-    const result = (tails.get(key) ?? Promise.resolve()).then(task);
-    const tail = result.then(
-      () => undefined,
-      () => undefined,
-    );
-    tails.set(key, tail);
-    void tail.then(() => {
-      if (tails.get(key) === tail) tails.delete(key);
-    });
-    return result;
-  };
-}
-
 export default defineModule({
   name: 'private',
   description: 'Private XML storage (XEP-0049), e.g. bookmarks',
@@ -102,7 +86,8 @@ export default defineModule({
     .strict(),
   setup(ctx) {
     const store = ctx.storage.map<string>('private');
-    const serialize = keyedQueue();
+    // Two sets of one user never race on the quota.
+    const queue = new KeyedQueue();
     const maxBytes = ctx.options.max_bytes;
 
     /** Checks the payload's children; answers the error itself and returns null when they are unusable. */
@@ -164,7 +149,7 @@ export default defineModule({
           writes.set(key, isEmpty(child) ? null : detachedCopy(child).toString());
         }
         const user = ev.from.local;
-        return serialize(user, async () => {
+        return queue.run(user, async () => {
           let total = 0;
           for (const [key, xml] of await store.getAll(user))
             if (!writes.has(key)) total += Buffer.byteLength(xml);

@@ -24,6 +24,7 @@ import type { IqEvent } from '../src/router/events.ts';
 import type { Session } from '../src/session/session.ts';
 import { childElements } from '../src/stanza.ts';
 import type { JsonValue } from '../src/storage/types.ts';
+import { KeyedQueue } from '../src/util/keyed-queue.ts';
 
 export const NS_ROSTER = 'jabber:iq:roster';
 const NS_ROSTERVER = 'urn:xmpp:features:rosterver';
@@ -65,29 +66,6 @@ export function hasTo(s: Subscription): boolean {
 
 export function hasFrom(s: Subscription): boolean {
   return s === 'from' || s === 'both';
-}
-
-/** Keyed serial execution: a task starts when the previous task of its key settled. */
-class KeyedQueue {
-  private readonly tails = new Map<string, Promise<unknown>>();
-
-  run<T>(key: string, task: () => T | Promise<T>): Promise<T> {
-    const previous = this.tails.get(key) ?? Promise.resolve();
-    const result = previous.then(task);
-    const tail = result.then(
-      () => undefined,
-      () => undefined,
-    );
-    this.tails.set(key, tail);
-    void tail.then(() => {
-      if (this.tails.get(key) === tail) this.tails.delete(key);
-    });
-    return result;
-  }
-
-  busy(key: string): boolean {
-    return this.tails.has(key);
-  }
 }
 
 function decodeItem(value: JsonValue): RosterItem | null {

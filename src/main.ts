@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { Writable } from 'node:stream';
 import { parseArgs } from 'node:util';
+import { ARCHIVE_STORE, parseRetention, purgeArchive } from '../modules/mam/retention.ts';
 import { ConfigError, loadConfig, modulesForHost, type ChorusConfig } from './config/index.ts';
 import { Jid, JidError } from './jid.ts';
 import { createLogger } from './log.ts';
@@ -26,6 +27,8 @@ Commands:
   passwd JID                 change an account's password
   deluser JID                delete an account
   cert generate DOMAIN       write a self-signed certificate for DOMAIN into the certificate directory
+  archive purge --older-than AGE [--user JID]
+                             delete archived messages (XEP-0313) older than AGE (e.g. 30d, 1y)
 
 Options:
   -c, --config FILE          configuration file (default: $CHORUS_CONFIG or conf/chorus.yaml)
@@ -45,6 +48,8 @@ async function main(argv: string[]): Promise<number> {
       'password-file': { type: 'string' },
       'password-stdin': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
+      'older-than': { type: 'string' },
+      user: { type: 'string' },
     },
   });
   const [command, ...rest] = positionals;
@@ -66,6 +71,11 @@ async function main(argv: string[]): Promise<number> {
     case 'cert':
       if (rest[0] !== 'generate' || !rest[1]) throw new UsageError('usage: chorus cert generate DOMAIN');
       return generateCert(rest[1], config());
+    case 'archive':
+      if (rest[0] !== 'purge' || !values['older-than']) {
+        throw new UsageError('usage: chorus archive purge --older-than AGE [--user JID]');
+      }
+      return purgeArchives(config(), values['older-than'], values.user);
     default:
       throw new UsageError(`unknown command '${command}'; run chorus --help`);
   }
@@ -193,6 +203,42 @@ async function manageAccount(
       return EXIT_FAILED;
     }
     throw err;
+  } finally {
+    await storage.close();
+  }
+}
+
+/** `chorus archive purge`: the retention purge of the mam module, run once by hand. */
+async function purgeArchives(config: ChorusConfig, olderThan: string, userText?: string): Promise<number> {
+  let age: number | null;
+  try {
+    age = parseRetention(olderThan);
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  if (age === null) throw new UsageError('--older-than needs a period such as 30d or 1y');
+  let domains = config.hosts.map((h) => h.domain);
+  let user: Jid | undefined;
+  if (userText !== undefined) {
+    user = Jid.tryParse(userText) ?? undefined;
+    if (!user || !user.local || user.resource)
+      throw new UsageError(`give a user as user@domain, not '${userText}'`);
+    if (!domains.includes(user.domain))
+      throw new UsageError(`${user.domain} is not a host in the configuration`);
+    domains = [user.domain];
+  }
+  const storage = openStorage(config.storage);
+  try {
+    const cutoff = Date.now() - age;
+    let total = 0;
+    for (const domain of domains) {
+      total += await purgeArchive(storage.archive(domain, ARCHIVE_STORE), cutoff, { user: user?.local });
+    }
+    process.stdout.write(
+      `deleted ${total} archived message${total === 1 ? '' : 's'} older than ${olderThan}` +
+        `${user ? ` of ${user.bareString()}` : ''}\n`,
+    );
+    return 0;
   } finally {
     await storage.close();
   }

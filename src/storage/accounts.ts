@@ -10,6 +10,7 @@ import {
   type StoredCredentials,
 } from '../sasl/credentials.ts';
 import type { KeyValStore, StorageDriver } from './types.ts';
+import { KeyedQueue } from '../util/keyed-queue.ts';
 
 export interface AccountRecord {
   /** Creation time, ms since the epoch. */
@@ -52,7 +53,7 @@ export class Accounts {
    * setPassword keeping `created`) are serialised here instead; that covers
    * one process, which is where these calls come from.
    */
-  readonly #locks = new Map<string, Promise<void>>();
+  readonly #queue = new KeyedQueue();
 
   constructor(driver: StorageDriver, iterations: number) {
     if (!Number.isInteger(iterations) || iterations < 1) {
@@ -66,21 +67,8 @@ export class Accounts {
     return this.#driver.keyval<AccountRecord>(host, STORE);
   }
 
-  async #exclusive<R>(host: string, username: string, fn: () => Promise<R>): Promise<R> {
-    const key = JSON.stringify([host, username]);
-    const prev = this.#locks.get(key) ?? Promise.resolve();
-    const run = prev.then(fn);
-    const tail = run.then(
-      () => undefined,
-      () => undefined,
-    );
-    this.#locks.set(key, tail);
-    try {
-      return await run;
-    } finally {
-      // Drop the entry once nothing else queued behind us, so the map stays small.
-      if (this.#locks.get(key) === tail) this.#locks.delete(key);
-    }
+  #exclusive<R>(host: string, username: string, fn: () => Promise<R>): Promise<R> {
+    return this.#queue.run(JSON.stringify([host, username]), fn);
   }
 
   async create(host: string, username: string, password: string): Promise<void> {

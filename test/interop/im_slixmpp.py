@@ -1,0 +1,304 @@
+#!/usr/bin/python3
+"""An instant-messaging client built on slixmpp (Debian: python3-slixmpp),
+driven by JSON commands on stdin, for im.test.ts. It speaks the line protocol
+of interop_common.py and adds roster, presence, carbons (XEP-0280), offline
+delivery (delay stamps, XEP-0203) and blocking (XEP-0191).
+
+Extra options:
+  --auto-authorize yes|no|ask   slixmpp's roster.auto_authorize (True, False,
+                                None); "ask" leaves requests to the commands
+  --auto-subscribe              slixmpp's roster.auto_subscribe (off unless given)
+
+Events on stdout, besides interop_common's ready/sent/closed:
+  RESULT message={"from", "to", "type", "id", "body", "delay": {"stamp", "from"}|null,
+                  "error": condition|null, "blocked": bool}
+  RESULT carbon={"dir": "received"|"sent", "from", "to", "id", "body"}
+  RESULT presence={"from", "type", "show", "status"}
+  RESULT roster={"ok": true, "items": {jid: {"subscription", "ask", "name", "groups"}}}
+  RESULT roster_set|subscribe|subscribed|carbons|block|unblock|blocklist|status={"ok": ...}
+  RESULT aborted={}               the TCP connection was cut without </stream:stream>
+
+Commands on stdin, besides send and quit:
+  {"cmd": "roster_get"}
+  {"cmd": "roster_set", "jid": "bob@localhost", "name": "Bob", "groups": ["Friends"]}
+  {"cmd": "subscribe", "jid": "bob@localhost"}     send_presence_subscription
+  {"cmd": "subscribed", "jid": "bob@localhost"}    approve a request by hand
+  {"cmd": "status", "show": "away", "status": "text"}
+  {"cmd": "carbons"}                               xep_0280 enable
+  {"cmd": "block", "jid": ...} / {"cmd": "unblock", "jid": ...} / {"cmd": "blocklist"}
+  {"cmd": "abort"}       abort the transport (no closing tag) and exit 0
+"""
+
+import asyncio
+import logging
+import os
+import sys
+from typing import Any, Optional
+
+from interop_common import (EXIT_LOGIN_FAILED, EXIT_OK, EXIT_USAGE, EXIT_WATCHDOG,
+                            LineReader, die, emit, log, parse_args, require)
+
+require('slixmpp', 'python3-slixmpp')
+
+from slixmpp import ClientXMPP  # noqa: E402
+from slixmpp.exceptions import IqError, IqTimeout  # noqa: E402
+
+IQ_TIMEOUT = 15
+NS_CARBONS = 'urn:xmpp:carbons:2'
+NS_BLOCKING_ERRORS = 'urn:xmpp:blocking:errors'
+
+
+class StdinProtocol(asyncio.Protocol):
+    def __init__(self, reader: LineReader) -> None:
+        self._reader = reader
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+
+    def eof_received(self) -> bool:
+        self._reader.eof()
+        return False
+
+
+def iq_error_text(error: Exception) -> str:
+    if isinstance(error, IqTimeout):
+        return 'timeout'
+    if isinstance(error, IqError):
+        return '%s: %s' % (error.condition, error.text)
+    return repr(error)
+
+
+def own_args() -> tuple[str, bool]:
+    """Takes this script's extra options out of sys.argv before parse_args sees it."""
+    auto_authorize = 'ask'
+    auto_subscribe = False
+    rest = [sys.argv[0]]
+    argv = sys.argv[1:]
+    i = 0
+    while i < len(argv):
+        if argv[i] == '--auto-authorize' and i + 1 < len(argv):
+            auto_authorize = argv[i + 1]
+            i += 2
+            continue
+        if argv[i] == '--auto-subscribe':
+            auto_subscribe = True
+            i += 1
+            continue
+        rest.append(argv[i])
+        i += 1
+    if auto_authorize not in ('yes', 'no', 'ask'):
+        die(EXIT_USAGE, '--auto-authorize takes yes, no or ask')
+    sys.argv = rest
+    return auto_authorize, auto_subscribe
+
+
+def message_fields(msg: Any) -> dict[str, Any]:
+    return {
+        'from': str(msg['from']),
+        'to': str(msg['to']),
+        'type': msg['type'],
+        'id': msg['id'],
+        'body': msg['body'],
+    }
+
+
+async def run() -> int:
+    auto_authorize, auto_subscribe = own_args()
+    args = parse_args('slixmpp instant-messaging interop client')
+    if args.debug:
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
+    loop = asyncio.get_running_loop()
+    loop.call_later(args.timeout, lambda: die(EXIT_WATCHDOG, 'watchdog: still running after %ss' % args.timeout))
+
+    xmpp = ClientXMPP(args.jid, args.password, sasl_mech=args.mech)
+    xmpp.ca_certs = args.cafile
+    # slixmpp 1.8 resolves the JID's domain, IPv6 first; the server is on 127.0.0.1.
+    xmpp.use_ipv6 = False
+    # The library's own subscription handling (basexmpp._handle_new_subscription).
+    xmpp.auto_authorize = {'yes': True, 'no': False, 'ask': None}[auto_authorize]
+    xmpp.auto_subscribe = auto_subscribe
+    for plugin in ('xep_0030', 'xep_0199', 'xep_0203', 'xep_0280', 'xep_0191'):
+        xmpp.register_plugin(plugin)
+
+    ready: asyncio.Future[None] = loop.create_future()
+    commands: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    state: dict[str, Any] = {'mechanism': None, 'failure': None, 'quitting': False}
+    gone = asyncio.Event()
+
+    def login_failed(reason: str) -> None:
+        state['quitting'] = True
+        if not ready.done():
+            ready.set_exception(RuntimeError(reason))
+
+    def on_auth_success(_stanza: Any) -> None:
+        state['mechanism'] = xmpp['feature_mechanisms'].mech.name
+
+    def on_failed_auth(failure: Any) -> None:
+        state['failure'] = '%s %s' % (failure['condition'], failure['text'])
+
+    def on_session_start(_event: Any) -> None:
+        xmpp.send_presence()
+        if not ready.done():
+            ready.set_result(None)
+
+    def on_disconnected(reason: Any) -> None:
+        gone.set()
+        if not ready.done():
+            login_failed('disconnected before session start: %s' % reason)
+        elif not state['quitting']:
+            die(EXIT_LOGIN_FAILED, 'disconnected unexpectedly: %s' % reason)
+
+    def on_message(msg: Any) -> None:
+        # Carbon wrappers are reported by the carbon_* handlers below.
+        if msg.xml.find('{%s}received' % NS_CARBONS) is not None or \
+                msg.xml.find('{%s}sent' % NS_CARBONS) is not None:
+            return
+        fields = message_fields(msg)
+        delay: Optional[dict[str, Any]] = None
+        if msg.xml.find('{urn:xmpp:delay}delay') is not None:
+            stamp = msg['delay']['stamp']
+            delay = {'stamp': stamp.isoformat() if stamp is not None else None,
+                     'from': str(msg['delay']['from'])}
+        fields['delay'] = delay
+        fields['error'] = msg['error']['condition'] if msg['type'] == 'error' else None
+        fields['blocked'] = msg.xml.find('.//{%s}blocked' % NS_BLOCKING_ERRORS) is not None
+        emit('message', fields)
+
+    def on_carbon(direction: str, msg: Any) -> None:
+        inner = msg['carbon_%s' % direction]
+        fields = message_fields(inner)
+        fields['dir'] = direction
+        emit('carbon', fields)
+
+    def on_presence(pres: Any) -> None:
+        emit('presence', {
+            'from': str(pres['from']),
+            # The attribute as sent ('' for available): slixmpp's pres['type']
+            # reports the <show/> value for available presence.
+            'type': pres.xml.get('type', ''),
+            'show': pres['show'],
+            'status': pres['status'],
+        })
+
+    xmpp.add_event_handler('auth_success', on_auth_success)
+    xmpp.add_event_handler('failed_auth', on_failed_auth)
+    xmpp.add_event_handler('failed_all_auth',
+                           lambda _e: login_failed('authentication failed: %s' % state['failure']))
+    xmpp.add_event_handler('no_auth', lambda _e: login_failed('no usable SASL mechanism offered'))
+    xmpp.add_event_handler('ssl_invalid_chain', lambda e: login_failed('certificate not trusted: %s' % e))
+    xmpp.add_event_handler('connection_failed', lambda e: login_failed('connection failed: %s' % e))
+    xmpp.add_event_handler('stream_error', lambda e: log('stream error: %s' % e))
+    xmpp.add_event_handler('disconnected', on_disconnected)
+    xmpp.add_event_handler('session_start', on_session_start)
+    xmpp.add_event_handler('message', on_message)
+    xmpp.add_event_handler('carbon_received', lambda m: on_carbon('received', m))
+    xmpp.add_event_handler('carbon_sent', lambda m: on_carbon('sent', m))
+    xmpp.add_event_handler('presence', on_presence)
+
+    xmpp.connect(address=(args.host, args.port), force_starttls=True, disable_starttls=False, use_ssl=False)
+    try:
+        await ready
+    except RuntimeError as error:
+        emit('login_failed', {'reason': str(error)})
+        try:
+            await asyncio.wait_for(gone.wait(), timeout=5)
+        except asyncio.TimeoutError:
+            pass
+        return EXIT_LOGIN_FAILED
+
+    emit('ready', {'jid': str(xmpp.boundjid), 'mechanism': state['mechanism'], 'tls': None})
+    reader = LineReader(commands.put_nowait)
+    await loop.connect_read_pipe(lambda: StdinProtocol(reader), sys.stdin)
+
+    async def iq_command(key: str, awaitable: Any, extra: Optional[dict[str, Any]] = None) -> Any:
+        try:
+            result = await awaitable
+            emit(key, {'ok': True, **(extra or {})})
+            return result
+        except (IqError, IqTimeout) as error:
+            emit(key, {'ok': False, 'error': iq_error_text(error), **(extra or {})})
+            return None
+
+    while True:
+        command = await commands.get()
+        name = command['cmd']
+        if name == 'quit':
+            break
+        if name == 'send':
+            msg = xmpp.make_message(mto=command['to'], mbody=command['body'], mtype=command.get('type', 'chat'))
+            msg['id'] = command.get('id') or xmpp.new_id()
+            msg.send()
+            emit('sent', {'to': command['to'], 'id': msg['id'], 'body': command['body']})
+        elif name == 'roster_get':
+            try:
+                iq = await xmpp.get_roster(timeout=IQ_TIMEOUT)
+                items = {}
+                for jid, values in iq['roster']['items'].items():
+                    items[str(jid)] = {
+                        'subscription': values.get('subscription'),
+                        'ask': values.get('ask') or None,
+                        'name': values.get('name') or None,
+                        'groups': sorted(values.get('groups') or []),
+                    }
+                emit('roster', {'ok': True, 'items': items})
+            except (IqError, IqTimeout) as error:
+                emit('roster', {'ok': False, 'error': iq_error_text(error)})
+        elif name == 'roster_set':
+            await iq_command('roster_set', xmpp.update_roster(
+                command['jid'], name=command.get('name', ''), groups=command.get('groups', []),
+                timeout=IQ_TIMEOUT), {'jid': command['jid']})
+        elif name == 'subscribe':
+            xmpp.send_presence_subscription(pto=command['jid'])
+            emit('subscribe', {'ok': True, 'jid': command['jid']})
+        elif name == 'subscribed':
+            xmpp.send_presence(pto=command['jid'], ptype='subscribed')
+            emit('subscribed', {'ok': True, 'jid': command['jid']})
+        elif name == 'status':
+            xmpp.send_presence(pshow=command.get('show'), pstatus=command.get('status'))
+            emit('status', {'ok': True})
+        elif name == 'carbons':
+            await iq_command('carbons', xmpp['xep_0280'].enable(timeout=IQ_TIMEOUT))
+        elif name == 'block':
+            await iq_command('block', xmpp['xep_0191'].block(command['jid'], timeout=IQ_TIMEOUT),
+                             {'jid': command['jid']})
+        elif name == 'unblock':
+            await iq_command('unblock', xmpp['xep_0191'].unblock(command['jid'], timeout=IQ_TIMEOUT),
+                             {'jid': command['jid']})
+        elif name == 'blocklist':
+            try:
+                iq = await xmpp['xep_0191'].get_blocked(timeout=IQ_TIMEOUT)
+                emit('blocklist', {'ok': True, 'items': sorted(str(j) for j in iq['blocklist']['items'])})
+            except (IqError, IqTimeout) as error:
+                emit('blocklist', {'ok': False, 'error': iq_error_text(error)})
+        elif name == 'abort':
+            # The connection ends without </stream:stream>, as when a phone
+            # loses its network: the server has to notice on its own.
+            state['quitting'] = True
+            if xmpp.transport is not None:
+                xmpp.transport.abort()
+            try:
+                await asyncio.wait_for(gone.wait(), timeout=5)
+            except asyncio.TimeoutError:
+                pass
+            emit('aborted', {})
+            return EXIT_OK
+        else:
+            log('unknown command %r' % name)
+
+    state['quitting'] = True
+    await asyncio.wait_for(xmpp.disconnect(wait=2.0), timeout=10)
+    emit('closed', {})
+    return EXIT_OK
+
+
+def main() -> None:
+    try:
+        code = asyncio.run(run())
+    except KeyboardInterrupt:
+        code = EXIT_USAGE
+    sys.stdout.flush()
+    os._exit(code)
+
+
+if __name__ == '__main__':
+    main()
