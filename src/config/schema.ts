@@ -220,6 +220,8 @@ export const configSchema = section({
     'smacks',
     'csi',
     'keepalive',
+    'mam',
+    'inbox',
   ]),
   module_options: moduleOptionsSchema.prefault({ register: { allow_registration: false } }),
   listeners: list(listenerSchema, 'listeners').prefault([

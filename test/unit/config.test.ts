@@ -226,6 +226,8 @@ describe('config', () => {
         'smacks',
         'csi',
         'keepalive',
+        'mam',
+        'inbox',
       ]);
       expect(modulesForHost(config, config.hosts[1]!)).to.deep.equal(['disco', 'ping']);
       expect(modulesForHost(config, config.hosts[2]!)).to.deep.equal([
@@ -243,6 +245,8 @@ describe('config', () => {
         'smacks',
         'csi',
         'keepalive',
+        'mam',
+        'inbox',
       ]);
     });
   });
