@@ -37,6 +37,8 @@ function expectedDefaults(cwd: string): ChorusConfig {
       'smacks',
       'csi',
       'keepalive',
+      'mam',
+      'inbox',
     ],
     module_options: { register: { allow_registration: false } },
     listeners: [
