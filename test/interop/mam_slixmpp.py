@@ -1,0 +1,229 @@
+#!/usr/bin/python3
+"""A slixmpp (Debian: python3-slixmpp) client that reads its account's message
+archive with the library's XEP-0313 plugin, for mam.test.ts. It speaks the
+line protocol of interop_common.py (ready/closed, disco, quit).
+
+Events on stdout, besides interop_common's ready/closed/disco:
+  RESULT page={"n", "ids", "bodies", "froms", "tos", "stamps", "queryids",
+               "complete", "first", "last", "count"}
+      one per page of a "pages" command, in the order the library gave them
+  RESULT pages={"ok": true, "pages": n}  | {"ok": false, "error": ...}
+  RESULT iterated={"ok": true, "ids": [...], "bodies": [...]}
+  RESULT message={"from", "body", "mam": bool}   anything else that arrives
+
+Commands on stdin, besides disco and quit:
+  {"cmd": "pages", "max": 50, "reverse": false, "with": null}
+      xep_0313.retrieve(iterator=True, rsm={"max": ...}): the library pages
+      with RSM <after/> (<before/> when reverse) until a page comes back empty
+  {"cmd": "iterate", "max": 50, "reverse": true}
+      xep_0313.iterate(): one message at a time, across pages
+"""
+
+import asyncio
+import logging
+import os
+import sys
+from typing import Any, Optional
+
+from interop_common import (EXIT_LOGIN_FAILED, EXIT_OK, EXIT_USAGE, EXIT_WATCHDOG,
+                            LineReader, die, emit, log, parse_args, require)
+
+require('slixmpp', 'python3-slixmpp')
+
+from slixmpp import JID, ClientXMPP  # noqa: E402
+from slixmpp.exceptions import IqError, IqTimeout  # noqa: E402
+
+IQ_TIMEOUT = 20
+NS_MAM = 'urn:xmpp:mam:2'
+
+
+class StdinProtocol(asyncio.Protocol):
+    def __init__(self, reader: LineReader) -> None:
+        self._reader = reader
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+
+    def eof_received(self) -> bool:
+        self._reader.eof()
+        return False
+
+
+def error_text(error: Exception) -> str:
+    if isinstance(error, IqTimeout):
+        return 'timeout'
+    if isinstance(error, IqError):
+        return '%s: %s' % (error.condition, error.text)
+    return repr(error)
+
+
+def archived(msg: Any) -> dict[str, Any]:
+    """What a client shows of one archived message (a <result/> wrapper)."""
+    result = msg['mam_result']
+    forwarded = result['forwarded']
+    inner = forwarded['stanza']
+    stamp = forwarded['delay']['stamp']
+    return {
+        'id': result['id'],
+        'queryid': result['queryid'],
+        'body': inner['body'] if inner != '' else None,
+        'from': str(inner['from']) if inner != '' else None,
+        'to': str(inner['to']) if inner != '' else None,
+        'stamp': stamp.isoformat() if stamp is not None else None,
+    }
+
+
+async def run() -> int:
+    args = parse_args('slixmpp MAM interop client')
+    if args.debug:
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
+    loop = asyncio.get_running_loop()
+    loop.call_later(args.timeout, lambda: die(EXIT_WATCHDOG, 'watchdog: still running after %ss' % args.timeout))
+
+    xmpp = ClientXMPP(args.jid, args.password, sasl_mech=args.mech)
+    xmpp.ca_certs = args.cafile
+    xmpp.use_ipv6 = False
+    for plugin in ('xep_0030', 'xep_0059', 'xep_0297', 'xep_0313'):
+        xmpp.register_plugin(plugin)
+
+    ready: asyncio.Future[None] = loop.create_future()
+    commands: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    state: dict[str, Any] = {'failure': None, 'quitting': False}
+    gone = asyncio.Event()
+
+    def login_failed(reason: str) -> None:
+        state['quitting'] = True
+        if not ready.done():
+            ready.set_exception(RuntimeError(reason))
+
+    def on_session_start(_event: Any) -> None:
+        xmpp.send_presence()
+        if not ready.done():
+            ready.set_result(None)
+
+    def on_disconnected(reason: Any) -> None:
+        gone.set()
+        if not ready.done():
+            login_failed('disconnected before session start: %s' % reason)
+        elif not state['quitting']:
+            die(EXIT_LOGIN_FAILED, 'disconnected unexpectedly: %s' % reason)
+
+    def on_message(msg: Any) -> None:
+        # MAM results are taken by the plugin's collectors; report the rest
+        # (a result that reaches this handler would be a stray one).
+        is_mam = msg.xml.find('{%s}result' % NS_MAM) is not None
+        emit('message', {'from': str(msg['from']), 'body': msg['body'], 'mam': is_mam})
+
+    def on_failed_auth(failure: Any) -> None:
+        state['failure'] = '%s %s' % (failure['condition'], failure['text'])
+
+    xmpp.add_event_handler('failed_auth', on_failed_auth)
+    xmpp.add_event_handler('failed_all_auth',
+                           lambda _e: login_failed('authentication failed: %s' % state['failure']))
+    xmpp.add_event_handler('ssl_invalid_chain', lambda e: login_failed('certificate not trusted: %s' % e))
+    xmpp.add_event_handler('connection_failed', lambda e: login_failed('connection failed: %s' % e))
+    xmpp.add_event_handler('disconnected', on_disconnected)
+    xmpp.add_event_handler('session_start', on_session_start)
+    xmpp.add_event_handler('message', on_message)
+
+    xmpp.connect(address=(args.host, args.port), force_starttls=True, disable_starttls=False, use_ssl=False)
+    try:
+        await ready
+    except RuntimeError as error:
+        emit('login_failed', {'reason': str(error)})
+        try:
+            await asyncio.wait_for(gone.wait(), timeout=5)
+        except asyncio.TimeoutError:
+            pass
+        return EXIT_LOGIN_FAILED
+
+    emit('ready', {'jid': str(xmpp.boundjid), 'mechanism': xmpp['feature_mechanisms'].mech.name, 'tls': None})
+    reader = LineReader(commands.put_nowait)
+    await loop.connect_read_pipe(lambda: StdinProtocol(reader), sys.stdin)
+
+    async def pages(command: dict[str, Any]) -> None:
+        with_jid: Optional[JID] = JID(command['with']) if command.get('with') else None
+        # The library's own RSM iterator: it sends <max/>, then <after/> the
+        # last id of each page, and stops at the first empty page.
+        iterator = xmpp['xep_0313'].retrieve(
+            with_jid=with_jid, reverse=bool(command.get('reverse')), iterator=True,
+            rsm={'max': int(command.get('max', 50))})
+        iterator.iq_options = {'timeout': IQ_TIMEOUT}
+        n = 0
+        try:
+            async for page in iterator:
+                n += 1
+                items = [archived(m) for m in page['mam']['results']]
+                fin = page['mam_fin']
+                rsm = fin['rsm']
+                emit('page', {
+                    'n': n,
+                    'ids': [i['id'] for i in items],
+                    'queryids': sorted({i['queryid'] for i in items}),
+                    'bodies': [i['body'] for i in items],
+                    'froms': [i['from'] for i in items],
+                    'tos': [i['to'] for i in items],
+                    'stamps': [i['stamp'] for i in items],
+                    'complete': fin.xml.get('complete'),
+                    'first': rsm['first'] or None,
+                    'last': rsm['last'] or None,
+                    'count': rsm['count'] or None,
+                    'iq_id': page['id'],
+                })
+                if n > 1000:
+                    raise RuntimeError('more than 1000 pages: the paging does not end')
+            emit('pages', {'ok': True, 'pages': n})
+        except (IqError, IqTimeout, RuntimeError) as error:
+            emit('pages', {'ok': False, 'pages': n, 'error': error_text(error)})
+
+    async def iterate(command: dict[str, Any]) -> None:
+        ids: list[str] = []
+        bodies: list[Optional[str]] = []
+        try:
+            async for msg in xmpp['xep_0313'].iterate(
+                    reverse=bool(command.get('reverse')), rsm={'max': int(command.get('max', 50))}):
+                item = archived(msg)
+                ids.append(item['id'])
+                bodies.append(item['body'])
+                if len(ids) > 100000:
+                    raise RuntimeError('the iteration does not end')
+            emit('iterated', {'ok': True, 'ids': ids, 'bodies': bodies})
+        except (IqError, IqTimeout, RuntimeError) as error:
+            emit('iterated', {'ok': False, 'ids': ids, 'bodies': bodies, 'error': error_text(error)})
+
+    while True:
+        command = await commands.get()
+        name = command['cmd']
+        if name == 'quit':
+            break
+        if name == 'disco':
+            jid = command.get('jid', xmpp.boundjid.bare)
+            try:
+                iq = await xmpp['xep_0030'].get_info(jid=jid, cached=False, timeout=IQ_TIMEOUT)
+                emit('disco', {'ok': True, 'jid': jid, 'features': sorted(iq['disco_info']['features'])})
+            except (IqError, IqTimeout) as error:
+                emit('disco', {'ok': False, 'jid': jid, 'error': error_text(error)})
+        elif name == 'pages':
+            await pages(command)
+        elif name == 'iterate':
+            await iterate(command)
+        else:
+            log('unknown command %r' % name)
+
+    state['quitting'] = True
+    await asyncio.wait_for(xmpp.disconnect(wait=2.0), timeout=10)
+    emit('closed', {})
+    return EXIT_OK
+
+
+def main() -> None:
+    try:
+        code = asyncio.run(run())
+    except KeyboardInterrupt:
+        code = EXIT_USAGE
+    sys.stdout.flush()
+    os._exit(code)
+
+
+if __name__ == '__main__':
+    main()
