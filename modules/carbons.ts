@@ -216,7 +216,8 @@ export default defineModule({
       'message/bare',
       (ev) => {
         const list = resources(ev.to.bare.toString());
-        const run = (sessions: Session[]) => inbound(ev, bareMessageRecipients(ev.stanza, sessions), sessions);
+        const run = (sessions: Session[]) =>
+          inbound(ev, bareMessageRecipients(ev.stanza, sessions), sessions);
         return list instanceof Promise ? list.then(run) : run(list);
       },
       COPY_PRIORITY,

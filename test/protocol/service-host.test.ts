@@ -1,7 +1,6 @@
 // A module can serve a subdomain (as MUC serves conference.<host>): stanzas
 // to it reach the module's handlers, clients cannot log in to it, and it is
 // gone when the module unloads.
-import { expect } from 'chai';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
