@@ -23,4 +23,5 @@ export const builtinModules: Record<string, ModuleImport> = {
   keepalive: () => import('./keepalive.ts') as Promise<{ default: ModuleDefinition }>,
   mam: () => import('./mam/index.ts') as Promise<{ default: ModuleDefinition }>,
   inbox: () => import('./inbox.ts') as Promise<{ default: ModuleDefinition }>,
+  muc: () => import('./muc/index.ts') as Promise<{ default: ModuleDefinition }>,
 };

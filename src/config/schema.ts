@@ -222,6 +222,7 @@ export const configSchema = section({
     'keepalive',
     'mam',
     'inbox',
+    'muc',
   ]),
   module_options: moduleOptionsSchema.prefault({ register: { allow_registration: false } }),
   listeners: list(listenerSchema, 'listeners').prefault([

@@ -39,6 +39,7 @@ function expectedDefaults(cwd: string): ChorusConfig {
       'keepalive',
       'mam',
       'inbox',
+      'muc',
     ],
     module_options: { register: { allow_registration: false } },
     listeners: [
@@ -230,6 +231,7 @@ describe('config', () => {
         'keepalive',
         'mam',
         'inbox',
+        'muc',
       ]);
       expect(modulesForHost(config, config.hosts[1]!)).to.deep.equal(['disco', 'ping']);
       expect(modulesForHost(config, config.hosts[2]!)).to.deep.equal([
@@ -249,6 +251,7 @@ describe('config', () => {
         'keepalive',
         'mam',
         'inbox',
+        'muc',
       ]);
     });
   });
