@@ -170,6 +170,9 @@ export class SqliteDriver implements StorageDriver {
   #cancelCommit: (() => void) | undefined;
   #closed = false;
   #commits = 0;
+  /** Scopes with queued writes: a read commits first only when its scope is among them. */
+  readonly #pendingUsers = new Set<string>();
+  readonly #pendingStores = new Set<string>();
   #writes = 0;
   // Calling a transaction function while a transaction is open makes
   // better-sqlite3 use a SAVEPOINT, so one failing write in a batch is rolled
@@ -235,12 +238,14 @@ export class SqliteDriver implements StorageDriver {
   }
 
   /** Queues a write for the next group commit; resolves after that commit. */
-  #write<R>(run: () => R): Promise<R> {
+  #write<R>(scope: Scope, run: () => R): Promise<R> {
     try {
       this.#check();
     } catch (err) {
       return Promise.reject(err);
     }
+    this.#pendingUsers.add(scope.user);
+    this.#pendingStores.add(scope.store);
     return new Promise<R>((resolve, reject) => {
       this.#queue.push({ run, resolve: resolve as (value: unknown) => void, reject });
       if (this.#cancelCommit === undefined) {
@@ -255,10 +260,21 @@ export class SqliteDriver implements StorageDriver {
     });
   }
 
-  /** Runs a read after committing queued writes, so reads always see earlier writes. */
-  async #read<R>(run: () => R): Promise<R> {
+  /**
+   * Runs a read, first committing queued writes if any of them could change
+   * what it reads, so reads always see earlier writes. Only those: a read of
+   * one user's preferences must not force a commit of another store's
+   * queued appends, or every message would cost its own transaction and
+   * group commit would be lost on the hot path.
+   */
+  async #read<R>(scope: Scope, run: () => R): Promise<R> {
     this.#check();
-    this.#commit();
+    const wholeStore = scope.user === scope.store;
+    const affected = wholeStore
+      ? this.#pendingStores.has(scope.store)
+      : // this user's writes, or a queued whole-store write (a retention sweep)
+        this.#pendingUsers.has(scope.user) || this.#pendingUsers.has(scope.store);
+    if (affected) this.#commit();
     return run();
   }
 
@@ -266,6 +282,8 @@ export class SqliteDriver implements StorageDriver {
     this.#cancelCommit?.();
     this.#cancelCommit = undefined;
     const batch = this.#queue;
+    this.#pendingUsers.clear();
+    this.#pendingStores.clear();
     if (batch.length === 0) return;
     this.#queue = [];
     const outcomes: { ok: boolean; value: unknown }[] = [];
@@ -314,12 +332,12 @@ export class SqliteDriver implements StorageDriver {
   // -- keyval --------------------------------------------------------------
 
   keyval<T = JsonValue>(host: string, store: string): KeyValStore<T> {
-    const read = <R>(fn: () => R) => this.#read(fn);
-    const write = <R>(fn: () => R) => this.#write(fn);
+    const read = <R>(user: string | null, fn: () => R) => this.#read(scopeOf(host, store, user), fn);
+    const write = <R>(user: string | null, fn: () => R) => this.#write(scopeOf(host, store, user), fn);
     const stmt = (sql: string) => this.#stmt(sql);
     return {
       get(user) {
-        return read(() => {
+        return read(user, () => {
           const row = stmt('SELECT value FROM keyval WHERE host = ? AND store = ? AND user = ?').get(
             host,
             store,
@@ -330,13 +348,13 @@ export class SqliteDriver implements StorageDriver {
       },
       async set(user, value) {
         if (value === null) {
-          await write(() =>
+          await write(user, () =>
             stmt('DELETE FROM keyval WHERE host = ? AND store = ? AND user = ?').run(host, store, user),
           );
           return;
         }
         const json = JSON.stringify(value);
-        await write(() =>
+        await write(user, () =>
           stmt(
             'INSERT INTO keyval (host, store, user, value) VALUES (?, ?, ?, ?) ' +
               'ON CONFLICT (host, store, user) DO UPDATE SET value = excluded.value',
@@ -350,6 +368,7 @@ export class SqliteDriver implements StorageDriver {
         let last: string | undefined;
         for (;;) {
           const page = await read(
+            null,
             () =>
               (last === undefined
                 ? stmt('SELECT user FROM keyval WHERE host = ? AND store = ? ORDER BY user LIMIT ?').all(
@@ -372,12 +391,12 @@ export class SqliteDriver implements StorageDriver {
   // -- map -----------------------------------------------------------------
 
   map<T = JsonValue>(host: string, store: string): MapStore<T> {
-    const read = <R>(fn: () => R) => this.#read(fn);
-    const write = <R>(fn: () => R) => this.#write(fn);
+    const read = <R>(user: string | null, fn: () => R) => this.#read(scopeOf(host, store, user), fn);
+    const write = <R>(user: string | null, fn: () => R) => this.#write(scopeOf(host, store, user), fn);
     const stmt = (sql: string) => this.#stmt(sql);
     return {
       get(user, key) {
-        return read(() => {
+        return read(user, () => {
           const row = stmt('SELECT value FROM map WHERE host = ? AND store = ? AND user = ? AND key = ?').get(
             host,
             store,
@@ -389,7 +408,7 @@ export class SqliteDriver implements StorageDriver {
       },
       async set(user, key, value) {
         if (value === null) {
-          await write(() =>
+          await write(user, () =>
             stmt('DELETE FROM map WHERE host = ? AND store = ? AND user = ? AND key = ?').run(
               host,
               store,
@@ -400,7 +419,7 @@ export class SqliteDriver implements StorageDriver {
           return;
         }
         const json = JSON.stringify(value);
-        await write(() =>
+        await write(user, () =>
           stmt(
             'INSERT INTO map (host, store, user, key, value) VALUES (?, ?, ?, ?, ?) ' +
               'ON CONFLICT (host, store, user, key) DO UPDATE SET value = excluded.value',
@@ -408,7 +427,7 @@ export class SqliteDriver implements StorageDriver {
         );
       },
       getAll(user) {
-        return read(() => {
+        return read(user, () => {
           const rows = stmt('SELECT key, value FROM map WHERE host = ? AND store = ? AND user = ?').all(
             host,
             store,
@@ -418,7 +437,7 @@ export class SqliteDriver implements StorageDriver {
         });
       },
       async deleteAll(user) {
-        await write(() =>
+        await write(user, () =>
           stmt('DELETE FROM map WHERE host = ? AND store = ? AND user = ?').run(host, store, user),
         );
       },
@@ -491,8 +510,8 @@ export class SqliteDriver implements StorageDriver {
   }
 
   archive<T = JsonValue>(host: string, store: string): ArchiveStore<T> {
-    const read = <R>(fn: () => R) => this.#read(fn);
-    const write = <R>(fn: () => R) => this.#write(fn);
+    const read = <R>(user: string | null, fn: () => R) => this.#read(scopeOf(host, store, user), fn);
+    const write = <R>(user: string | null, fn: () => R) => this.#write(scopeOf(host, store, user), fn);
     const stmt = (sql: string) => this.#stmt(sql);
     const pageQuery = (user: string, query: ArchiveQuery) => this.#pageQuery(host, store, user, query);
     const caps: ArchiveCaps = { total: true, fullText: true, ids: true, before: true };
@@ -506,7 +525,7 @@ export class SqliteDriver implements StorageDriver {
         const bare = bareJid(item.with);
         const text = item.text ?? null;
         const replace = item.id !== undefined;
-        await write(() => {
+        await write(user, () => {
           // Only caller-chosen ids can collide; replacing mirrors Prosody.
           if (replace) {
             stmt('DELETE FROM archive WHERE host = ? AND store = ? AND user = ? AND id = ?').run(
@@ -525,7 +544,7 @@ export class SqliteDriver implements StorageDriver {
       },
 
       find(user, query: ArchiveQuery = {}): Promise<ArchiveResult<T>> {
-        return read(() => {
+        return read(user, () => {
           checkLimit(query.limit);
           const { sql, params, fromEnd } = pageQuery(user, query);
           const rows = stmt(sql).all(...params) as ArchiveRow[];
@@ -555,11 +574,12 @@ export class SqliteDriver implements StorageDriver {
         const params: SqlParam[] = [host, store, user];
         filterClauses(query, where, params);
         const sql = `DELETE FROM archive WHERE ${where.join(' AND ')}`;
-        return write(() => stmt(sql).run(...params).changes);
+        return write(user, () => stmt(sql).run(...params).changes);
       },
 
       count(user) {
         return read(
+          user,
           () =>
             (
               stmt('SELECT COUNT(*) AS n FROM archive WHERE host = ? AND store = ? AND user = ?').get(
@@ -572,7 +592,7 @@ export class SqliteDriver implements StorageDriver {
       },
 
       summary(user) {
-        return read(() => {
+        return read(user, () => {
           const rows = stmt(
             'SELECT "with" AS w, COUNT(*) AS n, MIN("when") AS first, MAX("when") AS last FROM archive ' +
               'WHERE host = ? AND store = ? AND user = ? GROUP BY "with"',
@@ -591,6 +611,7 @@ export class SqliteDriver implements StorageDriver {
         for (;;) {
           // Each batch is its own write, so other writers get in between batches.
           const n = await write(
+            null,
             () =>
               stmt(
                 'DELETE FROM archive WHERE seq IN (SELECT seq FROM archive ' +
@@ -603,4 +624,18 @@ export class SqliteDriver implements StorageDriver {
       },
     };
   }
+}
+
+/** What a read or write touches: one user's data in a store, or a whole store. */
+interface Scope {
+  /** host, store and user; equal to `store` for whole-store operations. */
+  user: string;
+  store: string;
+}
+
+function scopeOf(host: string, store: string, user: string | null): Scope {
+  const storeKey = `${host}\u0000${store}`;
+  // A whole-store operation (listing users, retention sweeps) counts as
+  // touching every user of the store.
+  return { store: storeKey, user: user === null ? storeKey : `${storeKey}\u0000${user}` };
 }

@@ -104,6 +104,45 @@ describe('sqlite driver specifics', function () {
     await d.close();
   });
 
+  // Archiving a message reads preferences and inbox state between appends; if
+  // every such read committed the queue, each message would cost its own
+  // transaction (measured: archive-on throughput fell to 4% of archive-off).
+  it('keeps writes grouped when reads of other users or stores come in between', async function () {
+    const d = SqliteDriver.open(freshPath());
+    const archive = d.archive<number>('h', 'log');
+    const prefs = d.keyval<string>('h', 'prefs');
+    await prefs.set('reader', 'always');
+    const before = d.stats.commits;
+    const appends: Promise<string>[] = [];
+    for (let i = 0; i < 50; i++) {
+      appends.push(archive.append(`user${i % 5}`, { with: 'x@y', value: i }));
+      expect(await prefs.get('reader')).to.equal('always');
+      expect(await archive.count('someone-else')).to.equal(0);
+    }
+    await Promise.all(appends);
+    expect(d.stats.commits - before).to.equal(1);
+    await d.close();
+  });
+
+  it('commits queued writes before a read that could see them', async function () {
+    const d = SqliteDriver.open(freshPath());
+    const archive = d.archive<number>('h', 'log');
+    const kv = d.keyval<number>('h', 'k');
+    void archive.append('u', { with: 'x@y', value: 1 });
+    expect(await archive.count('u')).to.equal(1);
+    void kv.set('v', 7);
+    expect(await kv.get('v')).to.equal(7);
+    void kv.set('w', 8);
+    const users: string[] = [];
+    for await (const u of kv.users()) users.push(u);
+    expect(users).to.deep.equal(['v', 'w']);
+    // A queued whole-store sweep is seen by a later read of any user.
+    await archive.append('old', { with: 'x@y', value: 2, when: 1000 });
+    void archive.deleteOlderThan!(2000, 10);
+    expect(await archive.count('old')).to.equal(0);
+    await d.close();
+  });
+
   it('rejects a failing write alone, without undoing the rest of its batch', async function () {
     const path = freshPath();
     await SqliteDriver.open(path).close();
