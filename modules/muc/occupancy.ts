@@ -198,8 +198,10 @@ export async function leave(
   full: string,
   stanza: Element,
 ): Promise<void> {
-  const last = room.removeSession(occupant, full);
+  // Built while the device is still an occupant: moderators see the full JID
+  // of the device that left (XEP-0045 7.14), not the bare fallback.
   const send = muc.presenceSender(room, occupant, { type: 'unavailable', base: stanza });
+  const last = room.removeSession(occupant, full);
   send(full, occupant);
   if (!last) return;
   for (const [other, viewer] of room.sessions()) send(other, viewer);

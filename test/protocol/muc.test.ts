@@ -411,6 +411,9 @@ describe('multi-user chat (XEP-0045)', function () {
       expect(statusCodes(self)).to.include('110');
       const seen = await o.expect(`<presence type='unavailable' from='${room}@${MUC}/alicia'/>`);
       expect(statusCodes(seen)).not.to.include('110');
+      // XEP-0045 7.14: moderators see the full JID of the device that left.
+      const item = seen.getChild('x', NS_USER)?.getChild('item');
+      expect(item?.attrs.jid).to.equal(a.jid);
       // Gone means gone: messages from the old occupant are refused.
       a.send(groupchat(room, 'still here?', 'late'));
       expect(errorCondition(await a.expect(`<message type='error' id='late'/>`))).to.equal('not-acceptable');
