@@ -8,17 +8,20 @@
 // `RESULT key=<json>` lines and read JSON commands on stdin (see their
 // docstrings). A failing step prints the scripts' stdout and stderr; set
 // CHORUS_INTEROP_DEBUG=1 for the libraries' debug logs.
-import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { expect } from 'chai';
 import { startTestServer, type TestServer } from '../helpers/server.ts';
+import {
+  GIO_TLS_CHECK,
+  interopUnavailable,
+  pythonProblem,
+  pythonScript,
+  ResultProcess,
+  type Json,
+} from './script-process.ts';
 
-/** Debian's Python libraries load only under the system interpreter. */
-const PYTHON = '/usr/bin/python3';
-const HERE = dirname(fileURLToPath(import.meta.url));
 /** Login: TLS, SCRAM with 4096 iterations, bind, initial presence. */
 const LOGIN_MS = 20_000;
 /** One command's answer, or one stanza to arrive. */
@@ -26,115 +29,37 @@ const STEP_MS = 10_000;
 /** How long to watch for something that must not arrive. */
 const QUIET_MS = 1_200;
 
-type Json = Record<string, unknown>;
-
 // ---------------------------------------------------------------------------
 // Prerequisites, as in interop.test.ts: a missing package fails with its
 // name unless CHORUS_SKIP_INTEROP=1.
 
 function missingLibraries(): string | null {
-  if (!existsSync(PYTHON)) return `${PYTHON} does not exist (Debian package python3)`;
-  const code = [
-    'import slixmpp, nbxmpp.client',
-    'from gi.repository import Gio',
-    'assert Gio.TlsBackend.get_default().supports_tls(), "Gio has no TLS backend (glib-networking)"',
-  ].join('\n');
-  const r = spawnSync(PYTHON, ['-c', code], { encoding: 'utf8', timeout: 30_000 });
-  if (r.status === 0) return null;
-  const detail = (r.stderr || r.error?.message || '').trim().split('\n').pop() ?? '';
-  return `install the Debian packages python3-slixmpp python3-nbxmpp glib-networking (${detail})`;
+  const problem = pythonProblem(`import slixmpp, nbxmpp.client\n${GIO_TLS_CHECK}`);
+  if (problem === null) return null;
+  return `install the Debian packages python3-slixmpp python3-nbxmpp glib-networking (${problem})`;
 }
 
 // ---------------------------------------------------------------------------
 // A script as a child process, collecting its RESULT lines.
 
-const running = new Set<Client>();
-
-class Client {
-  readonly results: { key: string; value: Json; taken: boolean }[] = [];
-  private stdout = '';
-  private stderr = '';
-  private partial = '';
-  private exited = false;
-  exitCode: number | null = null;
-  signal: NodeJS.Signals | null = null;
-  private readonly waiters = new Set<() => void>();
-  private readonly child: ChildProcessWithoutNullStreams;
-  private readonly hardTimer: NodeJS.Timeout;
-  readonly done: Promise<void>;
-
+class Client extends ResultProcess {
   constructor(
-    readonly label: string,
+    label: string,
     readonly jid: string,
     script: string,
     args: string[],
     password: string,
   ) {
-    const all = [join(HERE, script), '--jid', jid, ...args, '--timeout', '100'];
-    if (process.env.CHORUS_INTEROP_DEBUG === '1') all.push('--debug');
-    this.child = spawn(PYTHON, all, {
-      env: {
-        ...process.env,
-        INTEROP_PASSWORD: password,
-        PYTHONDONTWRITEBYTECODE: '1',
-        PYTHONUNBUFFERED: '1',
-      },
-      stdio: ['pipe', 'pipe', 'pipe'],
+    super({
+      label,
+      ...pythonScript(script, ['--jid', jid, ...args, '--timeout', '100'], password),
+      hardTimeoutMs: 110_000,
+      transcriptChars: 8_000,
     });
-    running.add(this);
-    this.child.stdout.setEncoding('utf8');
-    this.child.stderr.setEncoding('utf8');
-    this.child.stdout.on('data', (chunk: string) => this.onStdout(chunk));
-    this.child.stderr.on('data', (chunk: string) => {
-      this.stderr += chunk;
-    });
-    this.child.stdin.on('error', () => undefined);
-    this.done = new Promise((resolve) => {
-      this.child.on('close', (code, signal) => {
-        this.exited = true;
-        this.exitCode = code;
-        this.signal = signal;
-        clearTimeout(this.hardTimer);
-        running.delete(this);
-        this.wake();
-        resolve();
-      });
-    });
-    this.hardTimer = setTimeout(() => this.kill(), 110_000);
   }
 
   get bare(): string {
     return this.jid.split('/')[0]!;
-  }
-
-  private onStdout(chunk: string): void {
-    this.stdout += chunk;
-    this.partial += chunk;
-    let nl: number;
-    while ((nl = this.partial.indexOf('\n')) >= 0) {
-      const line = this.partial.slice(0, nl).trim();
-      this.partial = this.partial.slice(nl + 1);
-      const m = /^RESULT ([a-z_]+)=(.*)$/.exec(line);
-      if (!m) continue;
-      try {
-        const value: unknown = JSON.parse(m[2]!);
-        if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
-          this.results.push({ key: m[1]!, value: value as Json, taken: false });
-        }
-      } catch {
-        // not a result line after all
-      }
-    }
-    this.wake();
-  }
-
-  private wake(): void {
-    for (const w of [...this.waiters]) w();
-  }
-
-  transcript(): string {
-    const tail = (s: string) => (s.length > 8_000 ? `[...]${s.slice(-8_000)}` : s);
-    return `\n--- ${this.label} stdout ---\n${tail(this.stdout)}\n--- ${this.label} stderr ---\n${tail(this.stderr)}\n---`;
   }
 
   /** Waits for the next untaken `RESULT key=` line (of one of the keys) that satisfies `match`, and takes it. */
@@ -144,45 +69,12 @@ class Client {
     match: (v: Json) => boolean = () => true,
     timeoutMs = STEP_MS,
   ): Promise<Json> {
-    return new Promise((resolve, reject) => {
-      const check = () => {
-        const keys = typeof key === 'string' ? [key] : key;
-        const found = this.results.find((r) => !r.taken && keys.includes(r.key) && match(r.value));
-        if (found) {
-          found.taken = true;
-          finish();
-          resolve(found.value);
-        } else if (this.exited) {
-          finish();
-          const how = this.signal ? `was killed by ${this.signal}` : `exited with code ${this.exitCode}`;
-          reject(new Error(`${this.label} ${how} before ${what}${this.transcript()}`));
-        }
-      };
-      const timer = setTimeout(() => {
-        finish();
-        reject(new Error(`${this.label}: ${what} did not happen within ${timeoutMs} ms${this.transcript()}`));
-      }, timeoutMs);
-      const finish = () => {
-        clearTimeout(timer);
-        this.waiters.delete(check);
-      };
-      this.waiters.add(check);
-      check();
-    });
-  }
-
-  /** Untaken results of `key` that satisfy `match` (without taking them). */
-  find(key: string, match: (v: Json) => boolean): Json[] {
-    return this.results.filter((r) => !r.taken && r.key === key && match(r.value)).map((r) => r.value);
+    return this.take(key, what, match, timeoutMs);
   }
 
   /** Takes every untaken result of `key` that satisfies `match`. */
   drain(key: string, match: (v: Json) => boolean): void {
-    for (const r of this.results) if (!r.taken && r.key === key && match(r.value)) r.taken = true;
-  }
-
-  command(cmd: Json): void {
-    this.child.stdin.write(`${JSON.stringify(cmd)}\n`);
+    this.takeAll(key, match);
   }
 
   /** Runs a command that answers with `RESULT <key>={"ok": ...}` and checks that it succeeded. */
@@ -203,31 +95,14 @@ class Client {
 
   /** Logs out with </stream:stream> and checks the script saw the stream end cleanly. */
   async logout(): Promise<void> {
-    this.command({ cmd: 'quit' });
-    this.child.stdin.end();
+    this.sendQuit();
     await this.waitFor('closed', 'a clean logout');
     await this.exit();
     expect(this.exitCode, `${this.label} exit code${this.transcript()}`).to.equal(0);
   }
 
-  async exit(timeoutMs = STEP_MS): Promise<void> {
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = await Promise.race([
-      this.done.then(() => false),
-      new Promise<boolean>((resolve) => {
-        timer = setTimeout(() => resolve(true), timeoutMs);
-      }),
-    ]);
-    clearTimeout(timer);
-    if (timedOut) {
-      this.kill();
-      await this.done;
-      throw new Error(`${this.label} did not exit within ${timeoutMs} ms${this.transcript()}`);
-    }
-  }
-
-  kill(): void {
-    if (!this.exited) this.child.kill('SIGKILL');
+  override exit(timeoutMs = STEP_MS): Promise<number | null> {
+    return super.exit(timeoutMs);
   }
 }
 
@@ -252,10 +127,7 @@ describe('interop: instant messaging with slixmpp and nbxmpp', function () {
 
   before(async function () {
     const missing = missingLibraries();
-    if (missing) {
-      if (process.env.CHORUS_SKIP_INTEROP === '1') this.skip();
-      throw new Error(`${missing}. Set CHORUS_SKIP_INTEROP=1 to skip the interop tests on this machine.`);
-    }
+    if (missing) interopUnavailable(this, missing);
     server = await startTestServer({
       yaml: 'modules: [disco, ping, roster, presence, carbons, offline, blocking]',
     });
@@ -266,7 +138,7 @@ describe('interop: instant messaging with slixmpp and nbxmpp', function () {
   });
 
   afterEach(() => {
-    for (const c of [...running]) c.kill();
+    for (const c of [...ResultProcess.running]) c.kill();
   });
 
   after(async () => {

@@ -21,98 +21,29 @@ Commands on stdin, besides send and quit:
   {"cmd": "carbons"}     <enable xmlns='urn:xmpp:carbons:2'/>, as Gajim sends it
 """
 
-import logging
 import os
-import sys
 from typing import Any, Optional
 
-from interop_common import (EXIT_LOGIN_FAILED, EXIT_OK, EXIT_USAGE, EXIT_WATCHDOG,
-                            LineReader, die, emit, log, parse_args, require)
+from interop_common import emit, log
+from nbxmpp_common import NbxmppScript, run_script
 
-require('gi', 'python3-gi')
-require('nbxmpp', 'python3-nbxmpp')
-
-from gi.repository import Gio, GLib  # noqa: E402
-from nbxmpp.client import Client  # noqa: E402
-from nbxmpp.const import ConnectionProtocol, ConnectionType  # noqa: E402
-from nbxmpp.namespaces import Namespace  # noqa: E402
-from nbxmpp.protocol import Iq, Message, Presence  # noqa: E402
-from nbxmpp.structs import StanzaHandler  # noqa: E402
+from gi.repository import GLib
+from nbxmpp.namespaces import Namespace
+from nbxmpp.protocol import Iq, Message
+from nbxmpp.structs import StanzaHandler
 
 IQ_TIMEOUT = 15
 NS_DELAY = 'urn:xmpp:delay'
 NS_BLOCKING_ERRORS = 'urn:xmpp:blocking:errors'
 
 
-class NbxmppIm:
+class NbxmppIm(NbxmppScript):
     def __init__(self, args: Any) -> None:
-        self.args = args
-        self.loop = GLib.MainLoop()
-        self.exit_code = EXIT_OK
-        self.ready = False
-        self.quitting = False
-        self.commands: list[dict[str, Any]] = []
-        self.busy = False
+        super().__init__(args)
+        self.client.register_handler(StanzaHandler(name='presence', callback=self.on_presence))
 
-        local, rest = args.jid.split('@', 1)
-        domain, resource = rest.split('/', 1)
-        self.domain = domain
-
-        client = Client()
-        client.set_domain(domain)
-        client.set_username(local)
-        client.set_resource(resource)
-        client.set_password(args.password)
-        client.set_custom_host('%s:%d' % (args.host, args.port), ConnectionProtocol.TCP, ConnectionType.START_TLS)
-        client.set_mechs({args.mech})
-        client.set_accepted_certificates([Gio.TlsCertificate.new_from_file(args.cafile)])
-        client.subscribe('connected', self.on_connected)
-        client.subscribe('disconnected', self.on_disconnected)
-        client.subscribe('connection-failed', self.on_connection_failed)
-        client.register_handler(StanzaHandler(name='message', callback=self.on_message))
-        client.register_handler(StanzaHandler(name='presence', callback=self.on_presence))
-        self.client = client
-
-    # ---- connection ---------------------------------------------------
-
-    def start(self) -> int:
-        GLib.timeout_add_seconds(int(self.args.timeout), self.on_watchdog)
-        self.client.connect()
-        self.loop.run()
-        return self.exit_code
-
-    def on_watchdog(self) -> bool:
-        die(EXIT_WATCHDOG, 'watchdog: still running after %ss' % self.args.timeout)
-
-    def error_text(self) -> str:
-        domain, error, text = self.client.get_error()
-        return '%s %s %s' % (domain, error, text or '')
-
-    def on_connected(self, _client: Any, _signal: str) -> None:
-        self.ready = True
-        self.client.send_stanza(Presence())
-        sasl = getattr(self.client, '_sasl', None)
-        mechanism = getattr(getattr(sasl, '_mechanism', None), 'name', None)
-        emit('ready', {'jid': str(self.client.get_bound_jid()), 'mechanism': mechanism, 'tls': None})
-        channel = GLib.IOChannel.unix_new(sys.stdin.fileno())
-        self.reader = LineReader(self.on_command)
-        GLib.io_add_watch(channel, GLib.PRIORITY_DEFAULT, GLib.IOCondition.IN | GLib.IOCondition.HUP, self.on_stdin)
-
-    def on_connection_failed(self, _client: Any, _signal: str) -> None:
-        emit('login_failed', {'reason': 'connection failed: %s' % self.error_text()})
-        self.exit_code = EXIT_LOGIN_FAILED
-        self.loop.quit()
-
-    def on_disconnected(self, _client: Any, _signal: str) -> None:
-        if not self.ready:
-            emit('login_failed', {'reason': 'disconnected before session start: %s' % self.error_text()})
-            self.exit_code = EXIT_LOGIN_FAILED
-        elif not self.quitting:
-            log('disconnected unexpectedly: %s' % self.error_text())
-            self.exit_code = EXIT_LOGIN_FAILED
-        else:
-            emit('closed', {})
-        self.loop.quit()
+    def ready_fields(self) -> dict[str, Any]:
+        return {'mechanism': self.mechanism(), 'tls': None}
 
     # ---- stanzas --------------------------------------------------------
 
@@ -148,18 +79,6 @@ class NbxmppIm:
         })
 
     # ---- commands: one at a time, in order -------------------------------
-
-    def on_stdin(self, _channel: Any, condition: Any) -> bool:
-        data = os.read(sys.stdin.fileno(), 65536) if condition & GLib.IOCondition.IN else b''
-        if data:
-            self.reader.feed(data)
-            return True
-        self.reader.eof()
-        return False
-
-    def on_command(self, command: dict[str, Any]) -> None:
-        self.commands.append(command)
-        self.next_command()
 
     def next_command(self) -> None:
         if self.busy or not self.commands or self.quitting:
@@ -202,10 +121,6 @@ class NbxmppIm:
             log('unknown command %r' % name)
         GLib.idle_add(self.idle_next)
 
-    def idle_next(self) -> bool:
-        self.next_command()
-        return False
-
     def done(self) -> None:
         self.busy = False
         self.next_command()
@@ -243,16 +158,5 @@ class NbxmppIm:
         self.done()
 
 
-def main() -> None:
-    args = parse_args('nbxmpp instant-messaging interop client')
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, stream=sys.stderr)
-    try:
-        code = NbxmppIm(args).start()
-    except KeyboardInterrupt:
-        code = EXIT_USAGE
-    sys.stdout.flush()
-    os._exit(code)
-
-
 if __name__ == '__main__':
-    main()
+    run_script('nbxmpp instant-messaging interop client', NbxmppIm)

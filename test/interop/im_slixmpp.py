@@ -30,42 +30,20 @@ Commands on stdin, besides send and quit:
 """
 
 import asyncio
-import logging
-import os
 import sys
 from typing import Any, Optional
 
-from interop_common import (EXIT_LOGIN_FAILED, EXIT_OK, EXIT_USAGE, EXIT_WATCHDOG,
-                            LineReader, die, emit, log, parse_args, require)
+from interop_common import (EXIT_LOGIN_FAILED, EXIT_OK, EXIT_USAGE, await_login, close_stream,
+                            connect_starttls, die, emit, iq_error_text, log, read_commands, require,
+                            run_main, slixmpp_client, start_asyncio)
 
 require('slixmpp', 'python3-slixmpp')
 
-from slixmpp import ClientXMPP  # noqa: E402
 from slixmpp.exceptions import IqError, IqTimeout  # noqa: E402
 
 IQ_TIMEOUT = 15
 NS_CARBONS = 'urn:xmpp:carbons:2'
 NS_BLOCKING_ERRORS = 'urn:xmpp:blocking:errors'
-
-
-class StdinProtocol(asyncio.Protocol):
-    def __init__(self, reader: LineReader) -> None:
-        self._reader = reader
-
-    def data_received(self, data: bytes) -> None:
-        self._reader.feed(data)
-
-    def eof_received(self) -> bool:
-        self._reader.eof()
-        return False
-
-
-def iq_error_text(error: Exception) -> str:
-    if isinstance(error, IqTimeout):
-        return 'timeout'
-    if isinstance(error, IqError):
-        return '%s: %s' % (error.condition, error.text)
-    return repr(error)
 
 
 def own_args() -> tuple[str, bool]:
@@ -104,16 +82,9 @@ def message_fields(msg: Any) -> dict[str, Any]:
 
 async def run() -> int:
     auto_authorize, auto_subscribe = own_args()
-    args = parse_args('slixmpp instant-messaging interop client')
-    if args.debug:
-        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
-    loop = asyncio.get_running_loop()
-    loop.call_later(args.timeout, lambda: die(EXIT_WATCHDOG, 'watchdog: still running after %ss' % args.timeout))
+    args, loop = start_asyncio('slixmpp instant-messaging interop client')
 
-    xmpp = ClientXMPP(args.jid, args.password, sasl_mech=args.mech)
-    xmpp.ca_certs = args.cafile
-    # slixmpp 1.8 resolves the JID's domain, IPv6 first; the server is on 127.0.0.1.
-    xmpp.use_ipv6 = False
+    xmpp = slixmpp_client(args)
     # The library's own subscription handling (basexmpp._handle_new_subscription).
     xmpp.auto_authorize = {'yes': True, 'no': False, 'ask': None}[auto_authorize]
     xmpp.auto_subscribe = auto_subscribe
@@ -195,20 +166,12 @@ async def run() -> int:
     xmpp.add_event_handler('carbon_sent', lambda m: on_carbon('sent', m))
     xmpp.add_event_handler('presence', on_presence)
 
-    xmpp.connect(address=(args.host, args.port), force_starttls=True, disable_starttls=False, use_ssl=False)
-    try:
-        await ready
-    except RuntimeError as error:
-        emit('login_failed', {'reason': str(error)})
-        try:
-            await asyncio.wait_for(gone.wait(), timeout=5)
-        except asyncio.TimeoutError:
-            pass
+    connect_starttls(xmpp, args)
+    if not await await_login(ready, gone):
         return EXIT_LOGIN_FAILED
 
     emit('ready', {'jid': str(xmpp.boundjid), 'mechanism': state['mechanism'], 'tls': None})
-    reader = LineReader(commands.put_nowait)
-    await loop.connect_read_pipe(lambda: StdinProtocol(reader), sys.stdin)
+    await read_commands(loop, commands)
 
     async def iq_command(key: str, awaitable: Any, extra: Optional[dict[str, Any]] = None) -> Any:
         try:
@@ -286,19 +249,8 @@ async def run() -> int:
             log('unknown command %r' % name)
 
     state['quitting'] = True
-    await asyncio.wait_for(xmpp.disconnect(wait=2.0), timeout=10)
-    emit('closed', {})
-    return EXIT_OK
-
-
-def main() -> None:
-    try:
-        code = asyncio.run(run())
-    except KeyboardInterrupt:
-        code = EXIT_USAGE
-    sys.stdout.flush()
-    os._exit(code)
+    return await close_stream(xmpp)
 
 
 if __name__ == '__main__':
-    main()
+    run_main(run)

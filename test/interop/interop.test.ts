@@ -3,18 +3,23 @@
 // nbxmpp_client.py) print `RESULT key=<json>` lines and take JSON commands on
 // stdin (see interop_common.py); xmppc is libstrophe's command-line client.
 // See README.md in this directory.
-import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as netConnect, createServer, type Server as NetServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { expect } from 'chai';
 import { startTestServer, type TestServer } from '../helpers/server.ts';
+import {
+  GIO_TLS_CHECK,
+  interopUnavailable,
+  PYTHON,
+  pythonProblem,
+  pythonScript,
+  ResultProcess,
+  type Json,
+} from './script-process.ts';
 
-/** Debian's Python libraries load only under the system interpreter. */
-const PYTHON = '/usr/bin/python3';
-const HERE = dirname(fileURLToPath(import.meta.url));
 /** How long a client may take to log in (TLS, SCRAM with 4096 iterations, bind). */
 const LOGIN_MS = 20_000;
 /** How long a client may take to answer a command or receive a message. */
@@ -41,23 +46,15 @@ function pythonModule(code: string, pkg: string, what: string): Need {
   return {
     pkg,
     probe() {
-      if (!existsSync(PYTHON)) return `${PYTHON} does not exist (Debian package python3)`;
-      const r = spawnSync(PYTHON, ['-c', code], { encoding: 'utf8', timeout: 30_000 });
-      if (r.status === 0) return null;
-      const detail = (r.stderr || r.error?.message || '').trim().split('\n').pop() ?? '';
-      return `${PYTHON} cannot load ${what}: ${detail}`;
+      const problem = pythonProblem(code);
+      return problem === null ? null : `${PYTHON} cannot load ${what}: ${problem}`;
     },
   };
 }
 
 const SLIXMPP = pythonModule('import slixmpp', 'python3-slixmpp', 'slixmpp');
 const NBXMPP = pythonModule(
-  [
-    'import nbxmpp.client',
-    'from gi.repository import Gio',
-    // nbxmpp's sockets use Gio's TLS, which glib-networking provides.
-    'assert Gio.TlsBackend.get_default().supports_tls(), "Gio has no TLS backend (glib-networking)"',
-  ].join('\n'),
+  `import nbxmpp.client\n${GIO_TLS_CHECK}`,
   'python3-nbxmpp glib-networking',
   'nbxmpp with Gio TLS',
 );
@@ -70,14 +67,6 @@ const XMPPC: Need = {
   },
 };
 
-function unavailable(ctx: Mocha.Context, message: string): never {
-  if (process.env.CHORUS_SKIP_INTEROP === '1') {
-    console.warn(`      skipped (CHORUS_SKIP_INTEROP=1): ${message}`);
-    ctx.skip();
-  }
-  throw new Error(`${message}. Set CHORUS_SKIP_INTEROP=1 to skip the interop tests on this machine.`);
-}
-
 function need(ctx: Mocha.Context, ...needs: Need[]): void {
   const problems: string[] = [];
   for (const n of needs) {
@@ -85,183 +74,26 @@ function need(ctx: Mocha.Context, ...needs: Need[]): void {
     const problem = probeCache.get(n);
     if (problem) problems.push(`install the Debian package(s) ${n.pkg} (${problem})`);
   }
-  if (problems.length) unavailable(ctx, `interop prerequisites missing: ${problems.join('; ')}`);
+  if (problems.length) interopUnavailable(ctx, `interop prerequisites missing: ${problems.join('; ')}`, true);
 }
 
 // ---------------------------------------------------------------------------
 // Child processes that print `RESULT key=<json>` lines.
 
-type Json = Record<string, unknown>;
-
-interface ResultLine {
-  key: string;
-  value: Json;
-  taken: boolean;
-}
-
-const running = new Set<ClientProcess>();
-
-class ClientProcess {
-  readonly results: ResultLine[] = [];
-  exitCode: number | null = null;
-  signal: NodeJS.Signals | null = null;
-  private stdout = '';
-  private stderr = '';
-  private partial = '';
-  private exited = false;
-  private killedForTimeout = false;
-  private readonly waiters = new Set<() => void>();
-  private readonly child: ChildProcessWithoutNullStreams;
-  private readonly hardTimer: NodeJS.Timeout;
-  readonly done: Promise<void>;
-
-  constructor(
-    readonly label: string,
-    command: string,
-    args: string[],
-    env: NodeJS.ProcessEnv,
-    hardTimeoutMs: number,
-  ) {
-    this.child = spawn(command, args, { env, stdio: ['pipe', 'pipe', 'pipe'] });
-    running.add(this);
-    this.child.stdout.setEncoding('utf8');
-    this.child.stderr.setEncoding('utf8');
-    this.child.stdout.on('data', (chunk: string) => this.onStdout(chunk));
-    this.child.stderr.on('data', (chunk: string) => {
-      this.stderr += chunk;
-    });
-    // A script that has exited makes writes fail with EPIPE: that is reported
-    // through the exit code, not as an unhandled error.
-    this.child.stdin.on('error', () => undefined);
-    this.done = new Promise((resolve) => {
-      this.child.on('close', (code, signal) => {
-        this.exited = true;
-        this.exitCode = code;
-        this.signal = signal;
-        clearTimeout(this.hardTimer);
-        running.delete(this);
-        this.wake();
-        resolve();
-      });
-      this.child.on('error', (err) => {
-        this.stderr += `\n[spawn error] ${err.message}\n`;
-        this.exited = true;
-        running.delete(this);
-        this.wake();
-        resolve();
-      });
-    });
-    // The mocha side enforces the time limit: the child is killed, whatever it does.
-    this.hardTimer = setTimeout(() => {
-      this.killedForTimeout = true;
-      this.kill();
-    }, hardTimeoutMs);
-  }
-
-  private onStdout(chunk: string): void {
-    this.stdout += chunk;
-    this.partial += chunk;
-    let nl: number;
-    while ((nl = this.partial.indexOf('\n')) >= 0) {
-      const line = this.partial.slice(0, nl).trim();
-      this.partial = this.partial.slice(nl + 1);
-      const m = /^RESULT ([a-z_]+)=(.*)$/.exec(line);
-      if (!m) continue;
-      let value: unknown;
-      try {
-        value = JSON.parse(m[2]!);
-      } catch {
-        continue;
-      }
-      if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
-        this.results.push({ key: m[1]!, value: value as Json, taken: false });
-      }
-    }
-    this.wake();
-  }
-
-  private wake(): void {
-    for (const w of [...this.waiters]) w();
-  }
-
-  /** stdout and stderr so far, for failure messages. */
-  transcript(): string {
-    const tail = (s: string) => (s.length > 12_000 ? `[...]${s.slice(-12_000)}` : s);
-    return `\n--- ${this.label} stdout ---\n${tail(this.stdout)}\n--- ${this.label} stderr ---\n${tail(this.stderr)}\n---`;
-  }
-
-  get output(): string {
-    return this.stdout + this.stderr;
-  }
-
-  private status(): string {
-    if (this.killedForTimeout) return 'was killed after its time limit';
-    if (!this.exited) return 'is still running';
-    return this.signal ? `was killed by ${this.signal}` : `exited with code ${this.exitCode}`;
+class ClientProcess extends ResultProcess {
+  constructor(label: string, command: string, args: string[], env: NodeJS.ProcessEnv, hardTimeoutMs: number) {
+    super({ label, command, args, env, hardTimeoutMs });
   }
 
   /** Waits for the next (not yet taken) `RESULT key=` line that satisfies `match`. */
   waitFor(key: string, timeoutMs: number, match: (v: Json) => boolean = () => true): Promise<Json> {
-    return new Promise((resolve, reject) => {
-      const check = () => {
-        const found = this.results.find((r) => !r.taken && r.key === key && match(r.value));
-        if (found) {
-          found.taken = true;
-          finish();
-          resolve(found.value);
-        } else if (this.exited) {
-          finish();
-          reject(
-            new Error(`${this.label} ${this.status()} before printing RESULT ${key}=...${this.transcript()}`),
-          );
-        }
-      };
-      const timer = setTimeout(() => {
-        finish();
-        reject(new Error(`${this.label}: no RESULT ${key}=... within ${timeoutMs} ms${this.transcript()}`));
-      }, timeoutMs);
-      const finish = () => {
-        clearTimeout(timer);
-        this.waiters.delete(check);
-      };
-      this.waiters.add(check);
-      check();
-    });
-  }
-
-  command(cmd: Json): void {
-    this.child.stdin.write(`${JSON.stringify(cmd)}\n`);
+    return this.take(key, `printing RESULT ${key}=...`, match, timeoutMs);
   }
 
   /** Sends quit (closes stdin) and waits for the exit; returns the exit code. */
   async quit(timeoutMs = STEP_MS): Promise<number | null> {
-    if (!this.exited) {
-      this.command({ cmd: 'quit' });
-      this.child.stdin.end();
-    }
+    this.sendQuit();
     return this.exit(timeoutMs);
-  }
-
-  /** Waits for the process to end by itself; kills it after timeoutMs. */
-  async exit(timeoutMs: number): Promise<number | null> {
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = await Promise.race([
-      this.done.then(() => false),
-      new Promise<boolean>((resolve) => {
-        timer = setTimeout(() => resolve(true), timeoutMs);
-      }),
-    ]);
-    clearTimeout(timer);
-    if (timedOut) {
-      this.kill();
-      await this.done;
-      throw new Error(`${this.label} did not exit within ${timeoutMs} ms${this.transcript()}`);
-    }
-    return this.exitCode;
-  }
-
-  kill(): void {
-    if (!this.exited) this.child.kill('SIGKILL');
   }
 }
 
@@ -275,18 +107,11 @@ interface ClientOptions {
 
 function startPythonClient(script: string, label: string, o: ClientOptions): ClientProcess {
   const args = [
-    join(HERE, script),
     ...['--jid', o.jid, '--host', '127.0.0.1', '--port', String(o.server.port)],
     ...['--cafile', o.cafile, '--mech', o.mech, '--timeout', '120'],
   ];
-  if (process.env.CHORUS_INTEROP_DEBUG === '1') args.push('--debug');
-  const env = {
-    ...process.env,
-    INTEROP_PASSWORD: o.password,
-    PYTHONDONTWRITEBYTECODE: '1',
-    PYTHONUNBUFFERED: '1',
-  };
-  return new ClientProcess(`${label} (${o.jid})`, PYTHON, args, env, 150_000);
+  const run = pythonScript(script, args, o.password);
+  return new ClientProcess(`${label} (${o.jid})`, run.command, run.args, run.env, 150_000);
 }
 
 const slixmpp = (o: ClientOptions) => startPythonClient('slixmpp_client.py', 'slixmpp', o);
@@ -346,10 +171,11 @@ async function forwardXmppClientPort(ctx: Mocha.Context, targetPort: number): Pr
       // No IPv6 on this machine: then `localhost` cannot resolve to ::1 either.
       if (host === '::1' && (code === 'EADDRNOTAVAIL' || code === 'EAFNOSUPPORT')) continue;
       await close();
-      unavailable(
+      interopUnavailable(
         ctx,
         `the xmppc test needs [${host}]:${XMPP_CLIENT_PORT} (libstrophe always connects to <domain>:5222) ` +
           `to forward it to the test server, but listening there failed: ${code ?? String(err)}`,
+        true,
       );
     }
   }
@@ -388,7 +214,7 @@ describe('interop with real client libraries (Debian packages)', function () {
   });
 
   afterEach(async () => {
-    for (const p of [...running]) p.kill();
+    for (const p of [...ResultProcess.running]) p.kill();
   });
 
   after(async () => {

@@ -26,10 +26,12 @@ failure, 2 bad usage or a missing library, 3 the script's own watchdog fired.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
 import os
 import sys
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable, Coroutine, NoReturn
 
 EXIT_OK = 0
 EXIT_LOGIN_FAILED = 1
@@ -119,3 +121,95 @@ class LineReader:
             log('ignoring a command without "cmd": %r' % text)
             return
         self._on_command(command)
+
+
+# ---- asyncio (slixmpp) scripts ---------------------------------------------
+
+
+class StdinProtocol(asyncio.Protocol):
+    """Feeds stdin, read by the event loop, to a LineReader."""
+
+    def __init__(self, reader: LineReader) -> None:
+        self._reader = reader
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+
+    def eof_received(self) -> bool:
+        self._reader.eof()
+        return False
+
+
+def iq_error_text(error: Exception) -> str:
+    """A slixmpp IQ failure (IqError or IqTimeout) as text for a result line."""
+    from slixmpp.exceptions import IqError, IqTimeout
+    if isinstance(error, IqTimeout):
+        return 'timeout'
+    if isinstance(error, IqError):
+        return '%s: %s' % (error.condition, error.text)
+    return repr(error)
+
+
+def start_asyncio(description: str) -> tuple[argparse.Namespace, asyncio.AbstractEventLoop]:
+    """parse_args, debug logging if asked for, and the watchdog on the running loop."""
+    args = parse_args(description)
+    if args.debug:
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
+    loop = asyncio.get_running_loop()
+    loop.call_later(args.timeout, lambda: die(EXIT_WATCHDOG, 'watchdog: still running after %ss' % args.timeout))
+    return args, loop
+
+
+def slixmpp_client(args: argparse.Namespace) -> Any:
+    """A slixmpp ClientXMPP for --jid that uses exactly --mech and trusts exactly --cafile."""
+    from slixmpp import ClientXMPP
+    xmpp = ClientXMPP(args.jid, args.password, sasl_mech=args.mech)
+    # Trust exactly the test server's self-signed certificate; slixmpp still
+    # checks that it is valid for the JID's domain.
+    xmpp.ca_certs = args.cafile
+    # slixmpp 1.8 ignores the host of connect(address=...) and resolves the
+    # JID's domain instead, IPv6 first; the test server listens on 127.0.0.1.
+    xmpp.use_ipv6 = False
+    return xmpp
+
+
+def connect_starttls(xmpp: Any, args: argparse.Namespace) -> None:
+    """Connects to --host:--port and requires STARTTLS."""
+    xmpp.connect(address=(args.host, args.port), force_starttls=True, disable_starttls=False, use_ssl=False)
+
+
+async def await_login(ready: 'asyncio.Future[None]', gone: asyncio.Event) -> bool:
+    """Waits for `ready`; when it fails, prints login_failed and lets slixmpp end the stream."""
+    try:
+        await ready
+        return True
+    except RuntimeError as error:
+        emit('login_failed', {'reason': str(error)})
+        try:  # let slixmpp close the stream it is ending, rather than reset it
+            await asyncio.wait_for(gone.wait(), timeout=5)
+        except asyncio.TimeoutError:
+            pass
+        return False
+
+
+async def read_commands(loop: asyncio.AbstractEventLoop, commands: 'asyncio.Queue[dict[str, Any]]') -> None:
+    """Puts each command read from stdin into `commands` (quit at the end of stdin)."""
+    reader = LineReader(commands.put_nowait)
+    await loop.connect_read_pipe(lambda: StdinProtocol(reader), sys.stdin)
+
+
+async def close_stream(xmpp: Any) -> int:
+    """Closes the stream politely, waits (briefly) for the server's </stream>, says so."""
+    await asyncio.wait_for(xmpp.disconnect(wait=2.0), timeout=10)
+    emit('closed', {})
+    return EXIT_OK
+
+
+def run_main(run: Callable[[], Coroutine[Any, Any, int]]) -> None:
+    """Runs the script's coroutine and exits with its code, whatever threads remain."""
+    try:
+        code = asyncio.run(run())
+    except KeyboardInterrupt:
+        code = EXIT_USAGE
+    sys.stdout.flush()
+    os._exit(code)

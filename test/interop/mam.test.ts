@@ -8,36 +8,33 @@
 // mam_slixmpp.py and mam_nbxmpp.py print `RESULT key=<json>` lines and read
 // JSON commands on stdin (see their docstrings). A failing step prints the
 // scripts' output; CHORUS_INTEROP_DEBUG=1 adds the libraries' debug logs.
-import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { expect } from 'chai';
 import { startTestServer, type TestServer } from '../helpers/server.ts';
 import { escapeXml, XmppClient } from '../helpers/xmpp-client.ts';
+import {
+  GIO_TLS_CHECK,
+  interopUnavailable,
+  pythonProblem,
+  pythonScript,
+  ResultProcess,
+  type Json,
+} from './script-process.ts';
 
-const PYTHON = '/usr/bin/python3';
-const HERE = dirname(fileURLToPath(import.meta.url));
 const LOGIN_MS = 20_000;
 const STEP_MS = 20_000;
 const TOTAL = 500;
 const HALF = 250;
 const NS_MAM = 'urn:xmpp:mam:2';
 
-type Json = Record<string, unknown>;
-
 function missingLibraries(): string | null {
-  if (!existsSync(PYTHON)) return `${PYTHON} does not exist (Debian package python3)`;
-  const code = [
-    'import slixmpp.plugins.xep_0313, nbxmpp.client, nbxmpp.modules.mam',
-    'from gi.repository import Gio',
-    'assert Gio.TlsBackend.get_default().supports_tls(), "Gio has no TLS backend (glib-networking)"',
-  ].join('\n');
-  const r = spawnSync(PYTHON, ['-c', code], { encoding: 'utf8', timeout: 30_000 });
-  if (r.status === 0) return null;
-  const detail = (r.stderr || r.error?.message || '').trim().split('\n').pop() ?? '';
-  return `install the Debian packages python3-slixmpp python3-nbxmpp glib-networking (${detail})`;
+  const problem = pythonProblem(
+    `import slixmpp.plugins.xep_0313, nbxmpp.client, nbxmpp.modules.mam\n${GIO_TLS_CHECK}`,
+  );
+  if (problem === null) return null;
+  return `install the Debian packages python3-slixmpp python3-nbxmpp glib-networking (${problem})`;
 }
 
 /** The body of the i-th message (1-based): markup, an ampersand and non-ASCII text on the way. */
@@ -46,80 +43,20 @@ const bodyOf = (i: number) => `#${i} of ${TOTAL}: Grüße <b>&amp; “quotes”<
 // ---------------------------------------------------------------------------
 // A script as a child process; its RESULT lines are kept until taken.
 
-const running = new Set<Script>();
-
-class Script {
-  private readonly results: { key: string; value: Json; taken: boolean }[] = [];
-  private out = '';
-  private err = '';
-  private partial = '';
-  private exited = false;
-  private exitCode: number | null = null;
-  private readonly waiters = new Set<() => void>();
-  private readonly child: ChildProcessWithoutNullStreams;
-  private readonly done: Promise<void>;
-
+class Script extends ResultProcess {
   constructor(
-    readonly label: string,
+    label: string,
     readonly jid: string,
     script: string,
     args: string[],
     password: string,
   ) {
-    const argv = [join(HERE, script), '--jid', jid, ...args, '--timeout', '150'];
-    if (process.env.CHORUS_INTEROP_DEBUG === '1') argv.push('--debug');
-    this.child = spawn(PYTHON, argv, {
-      env: {
-        ...process.env,
-        INTEROP_PASSWORD: password,
-        PYTHONDONTWRITEBYTECODE: '1',
-        PYTHONUNBUFFERED: '1',
-      },
-      stdio: ['pipe', 'pipe', 'pipe'],
+    super({
+      label,
+      ...pythonScript(script, ['--jid', jid, ...args, '--timeout', '150'], password),
+      transcriptChars: 6_000,
+      strictJson: true,
     });
-    running.add(this);
-    this.child.stdout.setEncoding('utf8');
-    this.child.stderr.setEncoding('utf8');
-    this.child.stdout.on('data', (chunk: string) => this.onStdout(chunk));
-    this.child.stderr.on('data', (chunk: string) => {
-      this.err += chunk;
-    });
-    this.child.stdin.on('error', () => undefined);
-    this.done = new Promise((resolve) => {
-      this.child.on('close', (code) => {
-        this.exited = true;
-        this.exitCode = code;
-        running.delete(this);
-        this.wake();
-        resolve();
-      });
-    });
-  }
-
-  private onStdout(chunk: string): void {
-    this.out += chunk;
-    this.partial += chunk;
-    let nl: number;
-    while ((nl = this.partial.indexOf('\n')) >= 0) {
-      const line = this.partial.slice(0, nl).trim();
-      this.partial = this.partial.slice(nl + 1);
-      const m = /^RESULT ([a-z_]+)=(.*)$/.exec(line);
-      if (!m) continue;
-      const value: unknown = JSON.parse(m[2]!);
-      if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
-        this.results.push({ key: m[1]!, value: value as Json, taken: false });
-      }
-    }
-    this.wake();
-  }
-
-  private wake(): void {
-    for (const w of [...this.waiters]) w();
-  }
-
-  transcript(): string {
-    const tail = (s: string) => (s.length > 6_000 ? `[...]${s.slice(-6_000)}` : s);
-    return `\n--- ${this.label} stdout ---\n${tail(this.out)}\n--- ${this.label} stderr ---\n${tail(this.err)}\n---`;
   }
 
   /** Takes the next untaken `RESULT key=` line that satisfies `match`, waiting for it. */
@@ -129,42 +66,7 @@ class Script {
     match: (v: Json) => boolean = () => true,
     timeoutMs = STEP_MS,
   ): Promise<Json> {
-    return new Promise((resolve, reject) => {
-      const check = () => {
-        const found = this.results.find((r) => !r.taken && r.key === key && match(r.value));
-        if (found) {
-          found.taken = true;
-          finish();
-          resolve(found.value);
-        } else if (this.exited) {
-          finish();
-          reject(
-            new Error(`${this.label} exited (code ${this.exitCode}) before ${what}${this.transcript()}`),
-          );
-        }
-      };
-      const timer = setTimeout(() => {
-        finish();
-        reject(new Error(`${this.label}: ${what} did not happen within ${timeoutMs} ms${this.transcript()}`));
-      }, timeoutMs);
-      const finish = () => {
-        clearTimeout(timer);
-        this.waiters.delete(check);
-      };
-      this.waiters.add(check);
-      check();
-    });
-  }
-
-  /** Takes every untaken result of `key`. */
-  takeAll(key: string): Json[] {
-    const found = this.results.filter((r) => !r.taken && r.key === key);
-    for (const r of found) r.taken = true;
-    return found.map((r) => r.value);
-  }
-
-  command(cmd: Json): void {
-    this.child.stdin.write(`${JSON.stringify(cmd)}\n`);
+    return this.take(key, what, match, timeoutMs);
   }
 
   async ready(): Promise<void> {
@@ -173,15 +75,10 @@ class Script {
   }
 
   async logout(): Promise<void> {
-    this.command({ cmd: 'quit' });
-    this.child.stdin.end();
+    this.sendQuit();
     await this.waitFor('closed', 'a clean logout');
     await this.done;
     expect(this.exitCode, `${this.label} exit code${this.transcript()}`).to.equal(0);
-  }
-
-  kill(): void {
-    if (!this.exited) this.child.kill('SIGKILL');
   }
 }
 
@@ -258,10 +155,7 @@ describe('interop: message archive (XEP-0313) with slixmpp and nbxmpp', function
   before(async function () {
     this.timeout(120_000);
     const missing = missingLibraries();
-    if (missing) {
-      if (process.env.CHORUS_SKIP_INTEROP === '1') this.skip();
-      throw new Error(`${missing}. Set CHORUS_SKIP_INTEROP=1 to skip the interop tests on this machine.`);
-    }
+    if (missing) interopUnavailable(this, missing);
     server = await startTestServer({
       sqlite: true,
       yaml: 'modules: [disco, ping, roster, presence, carbons, offline, mam]',
@@ -295,11 +189,11 @@ describe('interop: message archive (XEP-0313) with slixmpp and nbxmpp', function
 
   afterEach(() => {
     // Only the scripts a test started itself; bob's Gajim lives until after().
-    for (const s of [...running]) if (s !== gajim) s.kill();
+    for (const s of [...ResultProcess.running]) if (s !== gajim) s.kill();
   });
 
   after(async () => {
-    for (const s of [...running]) s.kill();
+    for (const s of [...ResultProcess.running]) s.kill();
     await server?.stop();
     if (dir) rmSync(dir, { recursive: true, force: true });
   });

@@ -20,41 +20,19 @@ Commands on stdin, besides disco and quit:
 """
 
 import asyncio
-import logging
-import os
-import sys
 from typing import Any, Optional
 
-from interop_common import (EXIT_LOGIN_FAILED, EXIT_OK, EXIT_USAGE, EXIT_WATCHDOG,
-                            LineReader, die, emit, log, parse_args, require)
+from interop_common import (EXIT_LOGIN_FAILED, await_login, close_stream, connect_starttls, die,
+                            emit, iq_error_text, log, read_commands, require, run_main,
+                            slixmpp_client, start_asyncio)
 
 require('slixmpp', 'python3-slixmpp')
 
-from slixmpp import JID, ClientXMPP  # noqa: E402
+from slixmpp import JID  # noqa: E402
 from slixmpp.exceptions import IqError, IqTimeout  # noqa: E402
 
 IQ_TIMEOUT = 20
 NS_MAM = 'urn:xmpp:mam:2'
-
-
-class StdinProtocol(asyncio.Protocol):
-    def __init__(self, reader: LineReader) -> None:
-        self._reader = reader
-
-    def data_received(self, data: bytes) -> None:
-        self._reader.feed(data)
-
-    def eof_received(self) -> bool:
-        self._reader.eof()
-        return False
-
-
-def error_text(error: Exception) -> str:
-    if isinstance(error, IqTimeout):
-        return 'timeout'
-    if isinstance(error, IqError):
-        return '%s: %s' % (error.condition, error.text)
-    return repr(error)
 
 
 def archived(msg: Any) -> dict[str, Any]:
@@ -74,15 +52,9 @@ def archived(msg: Any) -> dict[str, Any]:
 
 
 async def run() -> int:
-    args = parse_args('slixmpp MAM interop client')
-    if args.debug:
-        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
-    loop = asyncio.get_running_loop()
-    loop.call_later(args.timeout, lambda: die(EXIT_WATCHDOG, 'watchdog: still running after %ss' % args.timeout))
+    args, loop = start_asyncio('slixmpp MAM interop client')
 
-    xmpp = ClientXMPP(args.jid, args.password, sasl_mech=args.mech)
-    xmpp.ca_certs = args.cafile
-    xmpp.use_ipv6 = False
+    xmpp = slixmpp_client(args)
     for plugin in ('xep_0030', 'xep_0059', 'xep_0297', 'xep_0313'):
         xmpp.register_plugin(plugin)
 
@@ -126,20 +98,12 @@ async def run() -> int:
     xmpp.add_event_handler('session_start', on_session_start)
     xmpp.add_event_handler('message', on_message)
 
-    xmpp.connect(address=(args.host, args.port), force_starttls=True, disable_starttls=False, use_ssl=False)
-    try:
-        await ready
-    except RuntimeError as error:
-        emit('login_failed', {'reason': str(error)})
-        try:
-            await asyncio.wait_for(gone.wait(), timeout=5)
-        except asyncio.TimeoutError:
-            pass
+    connect_starttls(xmpp, args)
+    if not await await_login(ready, gone):
         return EXIT_LOGIN_FAILED
 
     emit('ready', {'jid': str(xmpp.boundjid), 'mechanism': xmpp['feature_mechanisms'].mech.name, 'tls': None})
-    reader = LineReader(commands.put_nowait)
-    await loop.connect_read_pipe(lambda: StdinProtocol(reader), sys.stdin)
+    await read_commands(loop, commands)
 
     async def pages(command: dict[str, Any]) -> None:
         with_jid: Optional[JID] = JID(command['with']) if command.get('with') else None
@@ -174,7 +138,7 @@ async def run() -> int:
                     raise RuntimeError('more than 1000 pages: the paging does not end')
             emit('pages', {'ok': True, 'pages': n})
         except (IqError, IqTimeout, RuntimeError) as error:
-            emit('pages', {'ok': False, 'pages': n, 'error': error_text(error)})
+            emit('pages', {'ok': False, 'pages': n, 'error': iq_error_text(error)})
 
     async def iterate(command: dict[str, Any]) -> None:
         ids: list[str] = []
@@ -189,7 +153,7 @@ async def run() -> int:
                     raise RuntimeError('the iteration does not end')
             emit('iterated', {'ok': True, 'ids': ids, 'bodies': bodies})
         except (IqError, IqTimeout, RuntimeError) as error:
-            emit('iterated', {'ok': False, 'ids': ids, 'bodies': bodies, 'error': error_text(error)})
+            emit('iterated', {'ok': False, 'ids': ids, 'bodies': bodies, 'error': iq_error_text(error)})
 
     while True:
         command = await commands.get()
@@ -202,7 +166,7 @@ async def run() -> int:
                 iq = await xmpp['xep_0030'].get_info(jid=jid, cached=False, timeout=IQ_TIMEOUT)
                 emit('disco', {'ok': True, 'jid': jid, 'features': sorted(iq['disco_info']['features'])})
             except (IqError, IqTimeout) as error:
-                emit('disco', {'ok': False, 'jid': jid, 'error': error_text(error)})
+                emit('disco', {'ok': False, 'jid': jid, 'error': iq_error_text(error)})
         elif name == 'pages':
             await pages(command)
         elif name == 'iterate':
@@ -211,19 +175,8 @@ async def run() -> int:
             log('unknown command %r' % name)
 
     state['quitting'] = True
-    await asyncio.wait_for(xmpp.disconnect(wait=2.0), timeout=10)
-    emit('closed', {})
-    return EXIT_OK
-
-
-def main() -> None:
-    try:
-        code = asyncio.run(run())
-    except KeyboardInterrupt:
-        code = EXIT_USAGE
-    sys.stdout.flush()
-    os._exit(code)
+    return await close_stream(xmpp)
 
 
 if __name__ == '__main__':
-    main()
+    run_main(run)

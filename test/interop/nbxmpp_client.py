@@ -16,100 +16,27 @@ Example:
   then type: {"cmd": "disco", "jid": "localhost"}
 """
 
-import logging
 import os
-import sys
 from typing import Any, Optional
 
-from interop_common import (EXIT_LOGIN_FAILED, EXIT_OK, EXIT_USAGE, EXIT_WATCHDOG,
-                            LineReader, die, emit, log, parse_args, require)
+from interop_common import emit, log
+from nbxmpp_common import NbxmppScript, run_script
 
-require('gi', 'python3-gi')
-require('nbxmpp', 'python3-nbxmpp')
-
-from gi.repository import Gio, GLib  # noqa: E402
-from nbxmpp.client import Client  # noqa: E402
-from nbxmpp.const import ConnectionProtocol, ConnectionType  # noqa: E402
-from nbxmpp.protocol import Message, Presence  # noqa: E402
-from nbxmpp.structs import StanzaHandler  # noqa: E402
+from gi.repository import GLib
+from nbxmpp.protocol import Message
 
 IQ_TIMEOUT = 15
 
 
-class NbxmppInterop:
-    def __init__(self, args: Any) -> None:
-        self.args = args
-        self.loop = GLib.MainLoop()
-        self.exit_code = EXIT_OK
-        self.ready = False
-        self.quitting = False
-        self.commands: list[dict[str, Any]] = []
-        self.busy = False
-
-        local, rest = args.jid.split('@', 1)
-        domain, resource = rest.split('/', 1)
-        self.domain = domain
-
-        client = Client()
-        client.set_domain(domain)
-        client.set_username(local)
-        client.set_resource(resource)
-        client.set_password(args.password)
-        client.set_custom_host('%s:%d' % (args.host, args.port), ConnectionProtocol.TCP, ConnectionType.START_TLS)
-        client.set_mechs({args.mech})
-        client.set_accepted_certificates([Gio.TlsCertificate.new_from_file(args.cafile)])
-        client.subscribe('connected', self.on_connected)
-        client.subscribe('disconnected', self.on_disconnected)
-        client.subscribe('connection-failed', self.on_connection_failed)
-        client.register_handler(StanzaHandler(name='message', callback=self.on_message))
-        self.client = client
-
-    # ---- connection ---------------------------------------------------
-
-    def start(self) -> int:
-        GLib.timeout_add_seconds(int(self.args.timeout), self.on_watchdog)
-        self.client.connect()
-        self.loop.run()
-        return self.exit_code
-
-    def on_watchdog(self) -> bool:
-        die(EXIT_WATCHDOG, 'watchdog: still running after %ss' % self.args.timeout)
-
-    def error_text(self) -> str:
-        domain, error, text = self.client.get_error()
-        return '%s %s %s' % (domain, error, text or '')
-
-    def on_connected(self, _client: Any, _signal: str) -> None:
-        self.ready = True
-        self.client.send_stanza(Presence())
-        sasl = getattr(self.client, '_sasl', None)
-        mechanism = getattr(getattr(sasl, '_mechanism', None), 'name', None)
+class NbxmppInterop(NbxmppScript):
+    def ready_fields(self) -> dict[str, Any]:
         tls: Optional[str] = None
         try:
             version = self.client.tls_version
             tls = version.value_nick if version is not None else None
         except Exception:  # tls_version needs GLib >= 2.69
             tls = None
-        emit('ready', {'jid': str(self.client.get_bound_jid()), 'mechanism': mechanism, 'tls': tls})
-        channel = GLib.IOChannel.unix_new(sys.stdin.fileno())
-        self.reader = LineReader(self.on_command)
-        GLib.io_add_watch(channel, GLib.PRIORITY_DEFAULT, GLib.IOCondition.IN | GLib.IOCondition.HUP, self.on_stdin)
-
-    def on_connection_failed(self, _client: Any, _signal: str) -> None:
-        emit('login_failed', {'reason': 'connection failed: %s' % self.error_text()})
-        self.exit_code = EXIT_LOGIN_FAILED
-        self.loop.quit()
-
-    def on_disconnected(self, _client: Any, _signal: str) -> None:
-        if not self.ready:
-            emit('login_failed', {'reason': 'disconnected before session start: %s' % self.error_text()})
-            self.exit_code = EXIT_LOGIN_FAILED
-        elif not self.quitting:
-            log('disconnected unexpectedly: %s' % self.error_text())
-            self.exit_code = EXIT_LOGIN_FAILED
-        else:
-            emit('closed', {})
-        self.loop.quit()
+        return {'mechanism': self.mechanism(), 'tls': tls}
 
     # ---- stanzas --------------------------------------------------------
 
@@ -123,18 +50,6 @@ class NbxmppInterop:
         })
 
     # ---- commands: one at a time, in order -------------------------------
-
-    def on_stdin(self, channel: Any, condition: Any) -> bool:
-        data = os.read(sys.stdin.fileno(), 65536) if condition & GLib.IOCondition.IN else b''
-        if data:
-            self.reader.feed(data)
-            return True
-        self.reader.eof()
-        return False
-
-    def on_command(self, command: dict[str, Any]) -> None:
-        self.commands.append(command)
-        self.next_command()
 
     def next_command(self) -> None:
         if self.busy or not self.commands or self.quitting:
@@ -163,10 +78,6 @@ class NbxmppInterop:
             log('unknown command %r' % name)
         GLib.idle_add(self.idle_next)
 
-    def idle_next(self) -> bool:
-        self.next_command()
-        return False
-
     def on_disco_result(self, task: Any) -> None:
         jid = task.get_user_data()
         try:
@@ -193,16 +104,5 @@ class NbxmppInterop:
         self.next_command()
 
 
-def main() -> None:
-    args = parse_args('nbxmpp interop client')
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, stream=sys.stderr)
-    try:
-        code = NbxmppInterop(args).start()
-    except KeyboardInterrupt:
-        code = EXIT_USAGE
-    sys.stdout.flush()
-    os._exit(code)
-
-
 if __name__ == '__main__':
-    main()
+    run_script('nbxmpp interop client', NbxmppInterop)

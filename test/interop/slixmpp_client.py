@@ -14,56 +14,23 @@ Example:
 """
 
 import asyncio
-import logging
-import os
-import sys
 from typing import Any
 
-from interop_common import (EXIT_LOGIN_FAILED, EXIT_OK, EXIT_USAGE, EXIT_WATCHDOG,
-                            LineReader, die, emit, log, parse_args, require)
+from interop_common import (EXIT_LOGIN_FAILED, await_login, close_stream, connect_starttls, die,
+                            emit, iq_error_text, log, read_commands, require, run_main,
+                            slixmpp_client, start_asyncio)
 
 require('slixmpp', 'python3-slixmpp')
 
-from slixmpp import ClientXMPP  # noqa: E402
 from slixmpp.exceptions import IqError, IqTimeout  # noqa: E402
 
 IQ_TIMEOUT = 15
 
 
-class StdinProtocol(asyncio.Protocol):
-    def __init__(self, reader: LineReader) -> None:
-        self._reader = reader
-
-    def data_received(self, data: bytes) -> None:
-        self._reader.feed(data)
-
-    def eof_received(self) -> bool:
-        self._reader.eof()
-        return False
-
-
-def iq_error_text(error: Exception) -> str:
-    if isinstance(error, IqTimeout):
-        return 'timeout'
-    if isinstance(error, IqError):
-        return '%s: %s' % (error.condition, error.text)
-    return repr(error)
-
-
 async def run() -> int:
-    args = parse_args('slixmpp interop client')
-    if args.debug:
-        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
-    loop = asyncio.get_running_loop()
-    loop.call_later(args.timeout, lambda: die(EXIT_WATCHDOG, 'watchdog: still running after %ss' % args.timeout))
+    args, loop = start_asyncio('slixmpp interop client')
 
-    xmpp = ClientXMPP(args.jid, args.password, sasl_mech=args.mech)
-    # Trust exactly the test server's self-signed certificate; slixmpp still
-    # checks that it is valid for the JID's domain.
-    xmpp.ca_certs = args.cafile
-    # slixmpp 1.8 ignores the host of connect(address=...) and resolves the
-    # JID's domain instead, IPv6 first; the test server listens on 127.0.0.1.
-    xmpp.use_ipv6 = False
+    xmpp = slixmpp_client(args)
     xmpp.register_plugin('xep_0030')
     xmpp.register_plugin('xep_0199')
 
@@ -118,22 +85,14 @@ async def run() -> int:
     xmpp.add_event_handler('session_start', on_session_start)
     xmpp.add_event_handler('message', on_message)
 
-    xmpp.connect(address=(args.host, args.port), force_starttls=True, disable_starttls=False, use_ssl=False)
-    try:
-        await ready
-    except RuntimeError as error:
-        emit('login_failed', {'reason': str(error)})
-        try:  # let slixmpp close the stream it is ending, rather than reset it
-            await asyncio.wait_for(gone.wait(), timeout=5)
-        except asyncio.TimeoutError:
-            pass
+    connect_starttls(xmpp, args)
+    if not await await_login(ready, gone):
         return EXIT_LOGIN_FAILED
 
     tls = xmpp.socket.version() if xmpp.socket is not None and hasattr(xmpp.socket, 'version') else None
     emit('ready', {'jid': str(xmpp.boundjid), 'mechanism': state['mechanism'], 'tls': tls})
 
-    reader = LineReader(commands.put_nowait)
-    await loop.connect_read_pipe(lambda: StdinProtocol(reader), sys.stdin)
+    await read_commands(loop, commands)
 
     while True:
         command = await commands.get()
@@ -170,19 +129,8 @@ async def run() -> int:
 
     # Close the stream politely and wait (briefly) for the server's </stream>.
     state['quitting'] = True
-    await asyncio.wait_for(xmpp.disconnect(wait=2.0), timeout=10)
-    emit('closed', {})
-    return EXIT_OK
-
-
-def main() -> None:
-    try:
-        code = asyncio.run(run())
-    except KeyboardInterrupt:
-        code = EXIT_USAGE
-    sys.stdout.flush()
-    os._exit(code)
+    return await close_stream(xmpp)
 
 
 if __name__ == '__main__':
-    main()
+    run_main(run)

@@ -3,147 +3,46 @@
 // script aborts its own transport) and resumes; messages sent to it meanwhile
 // arrive exactly once. Same conventions as interop.test.ts: the script
 // prints `RESULT key=<json>` lines and reads JSON commands on stdin.
-import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { expect } from 'chai';
 import { startTestServer, type TestServer } from '../helpers/server.ts';
 import { XmppClient } from '../helpers/xmpp-client.ts';
+import {
+  interopUnavailable,
+  PYTHON,
+  pythonProblem,
+  pythonScript,
+  ResultProcess,
+  type Json,
+} from './script-process.ts';
 
-/** Debian's Python libraries load only under the system interpreter. */
-const PYTHON = '/usr/bin/python3';
-const HERE = dirname(fileURLToPath(import.meta.url));
 const LOGIN_MS = 20_000;
 const STEP_MS = 15_000;
 
-type Json = Record<string, unknown>;
-
 /** The slixmpp script as a child process; collects its RESULT lines. */
-class Script {
-  readonly results: { key: string; value: Json; taken: boolean }[] = [];
-  private output = '';
-  private partial = '';
-  private exited = false;
-  exitCode: number | null = null;
-  private readonly waiters = new Set<() => void>();
-  private readonly child: ChildProcessWithoutNullStreams;
-  readonly done: Promise<void>;
-
+class Script extends ResultProcess {
   constructor(args: string[], password: string) {
-    this.child = spawn(PYTHON, [join(HERE, 'smacks_client.py'), ...args], {
-      env: {
-        ...process.env,
-        INTEROP_PASSWORD: password,
-        PYTHONDONTWRITEBYTECODE: '1',
-        PYTHONUNBUFFERED: '1',
-      },
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
-    this.child.stdout.setEncoding('utf8');
-    this.child.stderr.setEncoding('utf8');
-    this.child.stdout.on('data', (chunk: string) => this.onStdout(chunk));
-    this.child.stderr.on('data', (chunk: string) => {
-      this.output += chunk;
-    });
-    this.child.stdin.on('error', () => undefined);
-    this.done = new Promise((resolve) => {
-      this.child.on('close', (code) => {
-        this.exited = true;
-        this.exitCode = code;
-        this.wake();
-        resolve();
-      });
-    });
-  }
-
-  private onStdout(chunk: string): void {
-    this.output += chunk;
-    this.partial += chunk;
-    let nl: number;
-    while ((nl = this.partial.indexOf('\n')) >= 0) {
-      const line = this.partial.slice(0, nl).trim();
-      this.partial = this.partial.slice(nl + 1);
-      const m = /^RESULT ([a-z_]+)=(.*)$/.exec(line);
-      if (!m) continue;
-      try {
-        const value: unknown = JSON.parse(m[2]!);
-        if (value && typeof value === 'object' && !Array.isArray(value)) {
-          this.results.push({ key: m[1]!, value: value as Json, taken: false });
-        }
-      } catch {
-        // not a result line after all
-      }
-    }
-    this.wake();
-  }
-
-  private wake(): void {
-    for (const w of [...this.waiters]) w();
-  }
-
-  transcript(): string {
-    return `\n--- slixmpp output ---\n${this.output.slice(-12_000)}\n---`;
-  }
-
-  keys(key: string): Json[] {
-    return this.results.filter((r) => r.key === key).map((r) => r.value);
+    super({ label: 'slixmpp', ...pythonScript('smacks_client.py', args, password) });
   }
 
   waitFor(key: string, timeoutMs: number, match: (v: Json) => boolean = () => true): Promise<Json> {
-    return new Promise((resolve, reject) => {
-      const check = () => {
-        const found = this.results.find((r) => !r.taken && r.key === key && match(r.value));
-        if (found) {
-          found.taken = true;
-          finish();
-          resolve(found.value);
-        } else if (this.exited) {
-          finish();
-          reject(new Error(`slixmpp exited (${this.exitCode}) before RESULT ${key}${this.transcript()}`));
-        }
-      };
-      const timer = setTimeout(() => {
-        finish();
-        reject(new Error(`slixmpp: no RESULT ${key} within ${timeoutMs} ms${this.transcript()}`));
-      }, timeoutMs);
-      const finish = () => {
-        clearTimeout(timer);
-        this.waiters.delete(check);
-      };
-      this.waiters.add(check);
-      check();
-    });
-  }
-
-  command(cmd: Json): void {
-    this.child.stdin.write(`${JSON.stringify(cmd)}\n`);
+    return this.take(key, `RESULT ${key}`, match, timeoutMs);
   }
 
   async quit(): Promise<number | null> {
-    if (!this.exited) {
-      this.command({ cmd: 'quit' });
-      this.child.stdin.end();
-    }
+    this.sendQuit();
     const timer = setTimeout(() => this.kill(), STEP_MS);
     await this.done;
     clearTimeout(timer);
     return this.exitCode;
   }
-
-  kill(): void {
-    if (!this.exited) this.child.kill('SIGKILL');
-  }
 }
 
 function slixmppMissing(): string | null {
-  if (!existsSync(PYTHON)) return `${PYTHON} does not exist (Debian package python3)`;
-  const r = spawnSync(PYTHON, ['-c', 'import slixmpp.plugins.xep_0198'], {
-    encoding: 'utf8',
-    timeout: 30_000,
-  });
-  return r.status === 0 ? null : `${PYTHON} cannot load slixmpp's xep_0198: ${(r.stderr ?? '').trim()}`;
+  const problem = pythonProblem('import slixmpp.plugins.xep_0198');
+  return problem === null ? null : `${PYTHON} cannot load slixmpp's xep_0198: ${problem}`;
 }
 
 function sleep(ms: number): Promise<void> {
@@ -162,11 +61,7 @@ describe('interop: slixmpp stream management (XEP-0198)', function () {
 
   before(async function () {
     const missing = slixmppMissing();
-    if (missing) {
-      const message = `install the Debian package python3-slixmpp (${missing})`;
-      if (process.env.CHORUS_SKIP_INTEROP === '1') this.skip();
-      throw new Error(`${message}. Set CHORUS_SKIP_INTEROP=1 to skip the interop tests on this machine.`);
-    }
+    if (missing) interopUnavailable(this, `install the Debian package python3-slixmpp (${missing})`);
     server = await startTestServer({
       yaml: [
         'modules: [disco, ping, roster, presence, offline, smacks]',
@@ -201,7 +96,6 @@ describe('interop: slixmpp stream management (XEP-0198)', function () {
       String(server.port),
     ];
     args.push('--cafile', cafile, '--mech', 'SCRAM-SHA-256-PLUS', '--timeout', '50');
-    if (process.env.CHORUS_INTEROP_DEBUG === '1') args.push('--debug');
     const s = new Script(args, alicePw);
     scripts.push(s);
     return s;

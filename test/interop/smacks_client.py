@@ -17,47 +17,24 @@ Commands besides the common ones:
 """
 
 import asyncio
-import logging
-import os
-import sys
 from typing import Any
 
-from interop_common import (EXIT_LOGIN_FAILED, EXIT_OK, EXIT_USAGE, EXIT_WATCHDOG,
-                            LineReader, die, emit, log, parse_args, require)
+from interop_common import (EXIT_LOGIN_FAILED, close_stream, connect_starttls, die, emit, log,
+                            read_commands, require, run_main, slixmpp_client, start_asyncio)
 
 require('slixmpp', 'python3-slixmpp')
 
-from slixmpp import ClientXMPP  # noqa: E402
-
-
-class StdinProtocol(asyncio.Protocol):
-    def __init__(self, reader: LineReader) -> None:
-        self._reader = reader
-
-    def data_received(self, data: bytes) -> None:
-        self._reader.feed(data)
-
-    def eof_received(self) -> bool:
-        self._reader.eof()
-        return False
-
 
 async def run() -> int:
-    args = parse_args('slixmpp stream management interop client')
-    if args.debug:
-        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
-    loop = asyncio.get_running_loop()
-    loop.call_later(args.timeout, lambda: die(EXIT_WATCHDOG, 'watchdog: still running after %ss' % args.timeout))
+    args, loop = start_asyncio('slixmpp stream management interop client')
 
-    xmpp = ClientXMPP(args.jid, args.password, sasl_mech=args.mech)
-    xmpp.ca_certs = args.cafile
-    xmpp.use_ipv6 = False
+    xmpp = slixmpp_client(args)
     xmpp.register_plugin('xep_0198')
     sm = xmpp['xep_0198']
     sm.allow_resume = True
 
     def connect() -> None:
-        xmpp.connect(address=(args.host, args.port), force_starttls=True, disable_starttls=False, use_ssl=False)
+        connect_starttls(xmpp, args)
 
     ready: asyncio.Future[None] = loop.create_future()
     enabled: asyncio.Future[None] = loop.create_future()
@@ -133,8 +110,7 @@ async def run() -> int:
     tls = xmpp.socket.version() if xmpp.socket is not None and hasattr(xmpp.socket, 'version') else None
     emit('ready', {'jid': str(xmpp.boundjid), 'sm_id': sm.sm_id, 'tls': tls})
 
-    reader = LineReader(commands.put_nowait)
-    await loop.connect_read_pipe(lambda: StdinProtocol(reader), sys.stdin)
+    await read_commands(loop, commands)
 
     while True:
         command = await commands.get()
@@ -162,19 +138,8 @@ async def run() -> int:
 
     state['quitting'] = True
     gone.clear()
-    await asyncio.wait_for(xmpp.disconnect(wait=2.0), timeout=10)
-    emit('closed', {})
-    return EXIT_OK
-
-
-def main() -> None:
-    try:
-        code = asyncio.run(run())
-    except KeyboardInterrupt:
-        code = EXIT_USAGE
-    sys.stdout.flush()
-    os._exit(code)
+    return await close_stream(xmpp)
 
 
 if __name__ == '__main__':
-    main()
+    run_main(run)

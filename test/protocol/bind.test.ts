@@ -1,6 +1,7 @@
 // Resource binding (RFC 6120 7), resource conflicts and limits, and what a
 // client may send between SASL and bind.
 import { expect } from 'chai';
+import { useServerAndPool } from '../helpers/fixtures.ts';
 import { startTestServer, type TestServer } from '../helpers/server.ts';
 import { ClientPool, NS_BIND, NS_STANZAS, type XmppClient } from '../helpers/xmpp-client.ts';
 
@@ -20,16 +21,10 @@ async function ping(c: XmppClient): Promise<void> {
 }
 
 describe('protocol: resource binding', function () {
-  let server: TestServer;
-  const pool = new ClientPool(() => ({ port: server.port }));
-
-  before(async () => {
-    server = await startTestServer({ yaml: 'limits: { max_resources_per_user: 2 }' });
-    await server.addUser('romeo', 'pw-romeo');
-    await server.addUser('juliet', 'pw-juliet');
+  const { pool } = useServerAndPool({
+    yaml: 'limits: { max_resources_per_user: 2 }',
+    users: { romeo: 'pw-romeo', juliet: 'pw-juliet' },
   });
-  after(() => server.stop());
-  afterEach(() => pool.destroyAll());
 
   it('offers <bind/> and an optional <session/> after SASL', async () => {
     const c = await pool.connectSecure();

@@ -2,35 +2,16 @@
 // block list protocol, and what blocked and blocking users notice.
 import { expect } from 'chai';
 import type { Element } from 'ltx';
-import { startTestServer, type TestServer } from '../helpers/server.ts';
+import { bare, expectAll, testUsers, useServer } from '../helpers/fixtures.ts';
 import { XmppClient } from '../helpers/xmpp-client.ts';
 
 const PASSWORD = 'blocking-test-pw';
+const { newUser, login, online } = testUsers(PASSWORD);
 const NS = 'urn:xmpp:blocking';
 const NS_ERRORS = 'urn:xmpp:blocking:errors';
 const NS_STANZAS = 'urn:ietf:params:xml:ns:xmpp-stanzas';
 const NS_ROSTER = 'jabber:iq:roster';
 const MODULES = 'modules: [disco, ping, roster, presence, blocking]';
-
-let seq = 0;
-const clients: XmppClient[] = [];
-
-async function newUser(server: TestServer, prefix: string): Promise<string> {
-  const name = `${prefix}${++seq}`;
-  await server.addUser(name, PASSWORD);
-  return name;
-}
-
-async function login(server: TestServer, user: string, resource: string): Promise<XmppClient> {
-  const c = await XmppClient.connect({ port: server.port, name: `${user}/${resource}` });
-  clients.push(c);
-  await c.login(user, PASSWORD, { resource });
-  return c;
-}
-
-function bare(c: XmppClient): string {
-  return c.jid!.split('/')[0]!;
-}
 
 /** Sends an IQ and returns the answer (result or error) with the same id. */
 async function iq(c: XmppClient, type: 'get' | 'set', payload: string): Promise<Element> {
@@ -76,33 +57,6 @@ async function expectPush(c: XmppClient, kind: 'block' | 'unblock', jids: string
   c.send(`<iq type='result' id='${String(pushed.attrs.id)}'/>`);
 }
 
-async function available(c: XmppClient, inner = ''): Promise<void> {
-  c.send(`<presence>${inner}</presence>`);
-  await c.expect(`<presence from='${c.jid}' to='${c.jid}'/>`);
-}
-
-/** Logged in, roster fetched, available. */
-async function online(server: TestServer, user: string, resource: string): Promise<XmppClient> {
-  const c = await login(server, user, resource);
-  const id = c.nextId('roster');
-  c.send(`<iq type='get' id='${id}'><query xmlns='${NS_ROSTER}'/></iq>`);
-  await c.expect(`<iq type='result' id='${id}'/>`);
-  await available(c);
-  return c;
-}
-
-/** Reads as many stanzas as there are patterns, matching them in any order. */
-async function expectAll(c: XmppClient, patterns: string[]): Promise<void> {
-  const remaining = [...patterns];
-  while (remaining.length) {
-    const event = await c.next();
-    if (event.kind !== 'element') throw new Error(`${c.name}: expected a stanza, got ${event.kind}`);
-    const i = remaining.findIndex((p) => c.check(p, event.element) === null);
-    if (i < 0) throw new Error(`${c.name}: unexpected ${event.element.toString()}`);
-    remaining.splice(i, 1);
-  }
-}
-
 /** Mutual presence subscription between two online clients; consumes everything it causes. */
 async function befriend(a: XmppClient, b: XmppClient): Promise<void> {
   const [A, B] = [bare(a), bare(b)];
@@ -140,19 +94,9 @@ function blockedBounce(from: string): string {
   );
 }
 
-afterEach(() => {
-  for (const c of clients.splice(0)) c.destroy();
-});
-
 describe('blocking command (XEP-0191)', function () {
   this.timeout(20_000);
-  let server: TestServer;
-  before(async () => {
-    server = await startTestServer({ yaml: MODULES });
-  });
-  after(async () => {
-    await server.stop();
-  });
+  const server = useServer({ yaml: MODULES });
 
   it('advertises urn:xmpp:blocking in the server disco#info', async () => {
     const c = await login(server, await newUser(server, 'disco'), 'r');
@@ -359,13 +303,7 @@ describe('blocking command (XEP-0191)', function () {
 
 describe('blocking command (XEP-0191) max_items', function () {
   this.timeout(20_000);
-  let server: TestServer;
-  before(async () => {
-    server = await startTestServer({ yaml: `${MODULES}\nmodule_options: { blocking: { max_items: 2 } }` });
-  });
-  after(async () => {
-    await server.stop();
-  });
+  const server = useServer({ yaml: `${MODULES}\nmodule_options: { blocking: { max_items: 2 } }` });
 
   it('refuses a block that would exceed max_items with resource-constraint and keeps the list', async () => {
     const c = await login(server, await newUser(server, 'strict'), 'r');

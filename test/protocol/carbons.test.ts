@@ -2,8 +2,8 @@
 // clients against a real server: Romeo has two devices, Juliet one.
 import { expect } from 'chai';
 import { parse, type Element } from 'ltx';
-import { startTestServer, type TestServer } from '../helpers/server.ts';
-import { XmppClient } from '../helpers/xmpp-client.ts';
+import { testJids, useServer } from '../helpers/fixtures.ts';
+import type { XmppClient } from '../helpers/xmpp-client.ts';
 
 const PASSWORD = 'carbons-test-pw';
 const NS_CARBONS = 'urn:xmpp:carbons:2';
@@ -11,13 +11,6 @@ const NS_FORWARD = 'urn:xmpp:forward:0';
 const NS_HINTS = 'urn:xmpp:hints';
 const NS_STANZAS = 'urn:ietf:params:xml:ns:xmpp-stanzas';
 const MODULES = 'modules: [disco, ping, roster, presence, carbons]';
-
-let seq = 0;
-const clients: XmppClient[] = [];
-
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((c) => c.shutdown()));
-});
 
 interface Cast {
   romeo: string;
@@ -35,26 +28,9 @@ interface DeviceOptions {
 
 describe('message carbons (XEP-0280)', function () {
   this.timeout(20_000);
-  let server: TestServer;
-  before(async () => {
-    server = await startTestServer({ yaml: MODULES });
-  });
-  after(async () => {
-    await server.stop();
-  });
+  const server = useServer({ yaml: MODULES });
 
-  async function newUser(prefix: string): Promise<string> {
-    const name = `${prefix}${++seq}`;
-    await server.addUser(name, PASSWORD);
-    return `${name}@${server.domain}`;
-  }
-
-  async function login(bare: string, resource: string): Promise<XmppClient> {
-    const c = await XmppClient.connect({ port: server.port, name: `${bare}/${resource}` });
-    clients.push(c);
-    await c.login(bare.split('@')[0]!, PASSWORD, { resource });
-    return c;
-  }
+  const { newUser, login } = testJids(PASSWORD, () => server);
 
   async function enable(c: XmppClient, xml = `<enable xmlns='${NS_CARBONS}'/>`, to = ''): Promise<void> {
     const id = c.nextId('carbons');

@@ -2,7 +2,8 @@
 // and that stream management still counts exactly what was written.
 import { expect } from 'chai';
 import type { Element } from 'ltx';
-import { startTestServer, type TestServer } from '../helpers/server.ts';
+import { type TestServer } from '../helpers/server.ts';
+import { bare, testUsers, useServer } from '../helpers/fixtures.ts';
 import { XmppClient } from '../helpers/xmpp-client.ts';
 
 const PASSWORD = 'csi-test-pw';
@@ -11,23 +12,7 @@ const NS_SM = 'urn:xmpp:sm:3';
 const NS_CHATSTATES = 'http://jabber.org/protocol/chatstates';
 const NS_ROSTER = 'jabber:iq:roster';
 
-let seq = 0;
-const clients: XmppClient[] = [];
-
-function track(c: XmppClient): XmppClient {
-  clients.push(c);
-  return c;
-}
-
-async function newUser(server: TestServer, prefix: string): Promise<string> {
-  const name = `${prefix}${++seq}`;
-  await server.addUser(name, PASSWORD);
-  return name;
-}
-
-function bare(c: XmppClient): string {
-  return c.jid!.split('/')[0]!;
-}
+const { newUser, track } = testUsers(PASSWORD);
 
 /** Reads until an element matches, skipping the rest (setup only). */
 async function waitFor(c: XmppClient, pattern: string): Promise<Element> {
@@ -106,20 +91,10 @@ async function goInactive(c: XmppClient): Promise<void> {
   await sync(c);
 }
 
-afterEach(() => {
-  for (const c of clients.splice(0)) c.destroy();
-});
-
 describe('client state indication (XEP-0352)', function () {
   this.timeout(20_000);
-  let server: TestServer;
-  before(async () => {
-    server = await startTestServer({
-      yaml: 'modules: [disco, ping, roster, presence, smacks, csi, keepalive]',
-    });
-  });
-  after(async () => {
-    await server.stop();
+  const server = useServer({
+    yaml: 'modules: [disco, ping, roster, presence, smacks, csi, keepalive]',
   });
 
   it('is offered as a stream feature after authentication', async () => {

@@ -12,23 +12,16 @@
 // that client asks for afterwards.
 import { expect } from 'chai';
 import type { Element } from 'ltx';
-import { startTestServer, type TestServer } from '../helpers/server.ts';
-import { ClientPool, NS_STANZAS, nsOf, parsePattern, type XmppClient } from '../helpers/xmpp-client.ts';
+import { useServerAndPool } from '../helpers/fixtures.ts';
+import { NS_STANZAS, nsOf, parsePattern, type XmppClient } from '../helpers/xmpp-client.ts';
 
 const PASSWORD = 'delivery-test-pw';
 const MODULES = 'modules: [disco, ping, roster, presence]';
 
 describe('protocol: delivery rules with several resources (RFC 6121 8.5)', function () {
-  let server: TestServer;
-  const pool = new ClientPool(() => ({ port: server.port }));
+  const { server, pool } = useServerAndPool({ yaml: MODULES });
   let seq = 0;
   let pings = 0;
-
-  before(async () => {
-    server = await startTestServer({ yaml: MODULES });
-  });
-  after(() => server.stop());
-  afterEach(() => pool.destroyAll());
 
   // ---- helpers ---------------------------------------------------------------------
 

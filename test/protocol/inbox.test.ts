@@ -4,7 +4,8 @@
 import { expect } from 'chai';
 import type { Element } from 'ltx';
 import { startTestServer, type TestServer } from '../helpers/server.ts';
-import { XmppClient } from '../helpers/xmpp-client.ts';
+import { testJids } from '../helpers/fixtures.ts';
+import type { XmppClient } from '../helpers/xmpp-client.ts';
 
 const PASSWORD = 'inbox-test-pw';
 const NS_INBOX = 'urn:xmpp:inbox:1';
@@ -16,13 +17,6 @@ const NS_SID = 'urn:xmpp:sid:0';
 const NS_MAM = 'urn:xmpp:mam:2';
 const NS_STANZAS = 'urn:ietf:params:xml:ns:xmpp-stanzas';
 const MODULES = 'modules: [disco, ping, roster, presence, offline, inbox]';
-
-let seq = 0;
-const clients: XmppClient[] = [];
-
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((c) => c.shutdown()));
-});
 
 interface Cast {
   romeo: string;
@@ -76,19 +70,7 @@ function setOf(inbox: Inbox): { first: string | null; last: string | null; count
 }
 
 let server: TestServer;
-
-async function newUser(prefix: string): Promise<string> {
-  const name = `${prefix}${++seq}`;
-  await server.addUser(name, PASSWORD);
-  return `${name}@${server.domain}`;
-}
-
-async function login(bare: string, resource: string): Promise<XmppClient> {
-  const c = await XmppClient.connect({ port: server.port, name: `${bare}/${resource}` });
-  clients.push(c);
-  await c.login(bare.split('@')[0]!, PASSWORD, { resource });
-  return c;
-}
+const { newUser, login } = testJids(PASSWORD, () => server);
 
 /** Initial presence; the devices already online and the new one see each other's presence. */
 async function goOnline(c: XmppClient, others: XmppClient[] = []): Promise<void> {

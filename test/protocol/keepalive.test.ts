@@ -1,7 +1,8 @@
 // Server-initiated pings (XEP-0199) that find dead connections, and
 // whitespace keepalives from clients.
 import { expect } from 'chai';
-import { startTestServer, type TestServer } from '../helpers/server.ts';
+import { useServer } from '../helpers/fixtures.ts';
+import { type TestServer } from '../helpers/server.ts';
 import { XmppClient } from '../helpers/xmpp-client.ts';
 
 const PASSWORD = 'keepalive-test-pw';
@@ -56,17 +57,11 @@ afterEach(() => {
 
 describe('keepalive: server pings (XEP-0199)', function () {
   this.timeout(20_000);
-  let server: TestServer;
-  before(async () => {
-    server = await startTestServer({
-      yaml: [
-        'modules: [disco, ping, roster, presence, smacks, csi, keepalive]',
-        'module_options: { keepalive: { interval_seconds: 1, timeout_seconds: 1 } }',
-      ].join('\n'),
-    });
-  });
-  after(async () => {
-    await server.stop();
+  const server = useServer({
+    yaml: [
+      'modules: [disco, ping, roster, presence, smacks, csi, keepalive]',
+      'module_options: { keepalive: { interval_seconds: 1, timeout_seconds: 1 } }',
+    ].join('\n'),
   });
 
   it('a client that answers pings stays connected', async () => {

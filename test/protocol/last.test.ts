@@ -3,40 +3,16 @@
 import { expect } from 'chai';
 import type { Element } from 'ltx';
 import { startTestServer, type TestServer } from '../helpers/server.ts';
+import { available, bare, testUsers } from '../helpers/fixtures.ts';
 import { XmppClient } from '../helpers/xmpp-client.ts';
 
 const PASSWORD = 'last-test-pw';
+const { newUser, login } = testUsers(PASSWORD);
 const NS_LAST = 'jabber:iq:last';
 const NS_STANZAS = 'urn:ietf:params:xml:ns:xmpp-stanzas';
 const MODULES = 'modules: [disco, ping, roster, presence, vcard, private, last]';
 
-let seq = 0;
-const clients: XmppClient[] = [];
-
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-async function newUser(server: TestServer, prefix: string): Promise<string> {
-  const name = `${prefix}${++seq}`;
-  await server.addUser(name, PASSWORD);
-  return name;
-}
-
-async function login(server: TestServer, user: string, resource = 'r'): Promise<XmppClient> {
-  const c = await XmppClient.connect({ port: server.port, name: `${user}/${resource}` });
-  clients.push(c);
-  await c.login(user, PASSWORD, { resource });
-  return c;
-}
-
-/** Initial presence; waits for the server's reflection of it. */
-async function available(c: XmppClient): Promise<void> {
-  c.send(`<presence/>`);
-  await c.expect(`<presence from='${c.jid}' to='${c.jid}'/>`);
-}
-
-function bare(c: XmppClient): string {
-  return c.jid!.split('/')[0]!;
-}
 
 /** Goes unavailable with a status text, then ends the stream (whatever else is in flight). */
 async function goodbye(c: XmppClient, status: string): Promise<void> {
@@ -89,10 +65,6 @@ async function expectError(c: XmppClient, id: string, condition: string, type: s
     `<iq type='error' id='${id}'><error type='${type}'><${condition} xmlns='${NS_STANZAS}'/></error></iq>`,
   );
 }
-
-afterEach(() => {
-  for (const c of clients.splice(0)) c.destroy();
-});
 
 describe('last activity (XEP-0012)', function () {
   this.timeout(20_000);

@@ -4,6 +4,7 @@
 import { expect } from 'chai';
 import { parse, type Element } from 'ltx';
 import { purgeArchive } from '../../modules/mam/index.ts';
+import { testJids } from '../helpers/fixtures.ts';
 import { startTestServer, type TestServer } from '../helpers/server.ts';
 import { XmppClient } from '../helpers/xmpp-client.ts';
 
@@ -19,12 +20,8 @@ const MAX_PAGE = 5;
 const MODULES = 'modules: [disco, ping, roster, presence, carbons, offline, mam]';
 const DAY = 86_400_000;
 
-let seq = 0;
-const clients: XmppClient[] = [];
-
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((c) => c.shutdown()));
-});
+let server: TestServer;
+const { clients, ...users } = testJids(PASSWORD, () => server);
 
 interface QueryOutcome {
   /** The result messages, in the order received. */
@@ -128,7 +125,6 @@ async function iq(c: XmppClient, type: 'get' | 'set', inner: string, to = ''): P
 for (const driver of ['memory', 'sqlite'] as const)
   describe(`message archive management (XEP-0313), ${driver} storage`, function () {
     this.timeout(20_000);
-    let server: TestServer;
     before(async () => {
       server = await startTestServer({
         yaml: `${MODULES}\nmodule_options: { mam: { max_page: ${MAX_PAGE}, default_page: 3 } }`,
@@ -139,16 +135,10 @@ for (const driver of ['memory', 'sqlite'] as const)
       await server.stop();
     });
 
-    async function newUser(prefix: string): Promise<string> {
-      const name = `${prefix}${++seq}`;
-      await server.addUser(name, PASSWORD);
-      return `${name}@${server.domain}`;
-    }
+    const { newUser } = users;
 
     async function login(bare: string, resource: string, online = true): Promise<XmppClient> {
-      const c = await XmppClient.connect({ port: server.port, name: `${bare}/${resource}` });
-      clients.push(c);
-      await c.login(bare.split('@')[0]!, PASSWORD, { resource });
+      const c = await users.login(bare, resource);
       if (online) {
         c.send('<presence/>');
         await c.expect(`<presence from='${c.jid}'/>`);

@@ -5,6 +5,7 @@ import { expect } from 'chai';
 import type { Element } from 'ltx';
 import pino from 'pino';
 import { Server } from '../../src/server.ts';
+import { available, testUsers } from '../helpers/fixtures.ts';
 import { startTestServer, type TestServer } from '../helpers/server.ts';
 import { NS_STANZAS, XmppClient } from '../helpers/xmpp-client.ts';
 
@@ -14,26 +15,13 @@ const NS_DELAY = 'urn:xmpp:delay';
 const NS_INFO = 'http://jabber.org/protocol/disco#info';
 const NS_CHATSTATES = 'http://jabber.org/protocol/chatstates';
 
-let seq = 0;
-const clients: XmppClient[] = [];
-
-async function newUser(server: TestServer, prefix: string): Promise<string> {
-  const name = `${prefix}${++seq}`;
-  await server.addUser(name, PASSWORD);
-  return name;
-}
+const { clients, newUser, track } = testUsers(PASSWORD, 'shutdown');
+let ghosts = 0;
 
 async function login(port: number, user: string, resource: string): Promise<XmppClient> {
-  const c = await XmppClient.connect({ port, name: `${user}/${resource}` });
-  clients.push(c);
+  const c = track(await XmppClient.connect({ port, name: `${user}/${resource}` }));
   await c.login(user, PASSWORD, { resource });
   return c;
-}
-
-/** Sends broadcast presence and waits for the server's reflection of it. */
-async function available(c: XmppClient, inner = ''): Promise<void> {
-  c.send(`<presence>${inner}</presence>`);
-  await c.expect(`<presence from='${c.jid}' to='${c.jid}'/>`);
 }
 
 /** A stored message as delivered: original from, to, id and body, plus a delay from the server. */
@@ -57,10 +45,6 @@ function chat(to: string, id: string, body: string): string {
 }
 
 describe('protocol: offline messages', function () {
-  afterEach(async () => {
-    await Promise.all(clients.splice(0).map((c) => c.shutdown()));
-  });
-
   describe('storage and delivery (XEP-0160)', function () {
     let server: TestServer;
 
@@ -221,7 +205,7 @@ describe('protocol: offline messages', function () {
     it('bounces messages to a user that does not exist, and keeps none for them', async () => {
       const romeo = await newUser(server, 'romeo');
       const r = await login(server.port, romeo, 'balcony');
-      const ghost = `ghost${++seq}`;
+      const ghost = `ghost${++ghosts}`;
       r.send(chat(`${ghost}@localhost`, 'x1', 'anyone?'));
       await r.expect(
         `<message type='error' id='x1' from='${ghost}@localhost'><error type='cancel'><service-unavailable xmlns='${NS_STANZAS}'/></error></message>`,

@@ -2,27 +2,12 @@
 // with two or three real clients against a real server.
 import { expect } from 'chai';
 import type { Element } from 'ltx';
-import { startTestServer, type TestServer } from '../helpers/server.ts';
+import { available, bare, expectAll, testUsers, useServer } from '../helpers/fixtures.ts';
 import { XmppClient } from '../helpers/xmpp-client.ts';
 
 const PASSWORD = 'presence-test-pw';
+const { newUser, login, online } = testUsers(PASSWORD);
 const NS_ROSTER = 'jabber:iq:roster';
-
-let seq = 0;
-const clients: XmppClient[] = [];
-
-async function newUser(server: TestServer, prefix: string): Promise<string> {
-  const name = `${prefix}${++seq}`;
-  await server.addUser(name, PASSWORD);
-  return name;
-}
-
-async function login(server: TestServer, user: string, resource: string): Promise<XmppClient> {
-  const c = await XmppClient.connect({ port: server.port, name: `${user}/${resource}` });
-  clients.push(c);
-  await c.login(user, PASSWORD, { resource });
-  return c;
-}
 
 async function getRoster(c: XmppClient): Promise<Element | undefined> {
   const id = c.nextId('get');
@@ -30,42 +15,8 @@ async function getRoster(c: XmppClient): Promise<Element | undefined> {
   return (await c.expect(`<iq type='result' id='${id}'/>`)).getChild('query', NS_ROSTER);
 }
 
-/** Initial (or updated) presence; waits for the server's reflection of it. */
-async function available(c: XmppClient, inner = ''): Promise<void> {
-  c.send(`<presence>${inner}</presence>`);
-  await c.expect(`<presence from='${c.jid}' to='${c.jid}'/>`);
-}
-
-/** Logs in, asks for the roster and sends initial presence: an interested, available resource. */
-async function online(server: TestServer, user: string, resource: string): Promise<XmppClient> {
-  const c = await login(server, user, resource);
-  await getRoster(c);
-  await available(c);
-  return c;
-}
-
-function bare(c: XmppClient): string {
-  return c.jid!.split('/')[0]!;
-}
-
 function push(jid: string, attrs: string): string {
   return `<iq type='set'><query xmlns='${NS_ROSTER}' ver='{any}'><item jid='${jid}' ${attrs} strict='true'/></query></iq>`;
-}
-
-/** Reads as many elements as there are patterns and matches them in any order. */
-async function expectAll(c: XmppClient, patterns: string[]): Promise<void> {
-  const remaining = [...patterns];
-  while (remaining.length) {
-    const event = await c.next();
-    if (event.kind !== 'element') throw new Error(`${c.name}: expected a stanza, got ${event.kind}`);
-    const i = remaining.findIndex((p) => c.check(p, event.element) === null);
-    if (i < 0) {
-      throw new Error(
-        `${c.name}: unexpected ${event.element.toString()}\n  still expecting: ${remaining.join('\n    ')}`,
-      );
-    }
-    remaining.splice(i, 1);
-  }
 }
 
 function rosterLine(query: Element | undefined): string[] {
@@ -103,19 +54,9 @@ async function befriend(a: XmppClient, b: XmppClient): Promise<void> {
   await b.expect(`<presence from='${a.jid}' to='${B}'/>`);
 }
 
-afterEach(() => {
-  for (const c of clients.splice(0)) c.destroy();
-});
-
 describe('presence subscriptions (RFC 6121 section 3)', function () {
   this.timeout(20_000);
-  let server: TestServer;
-  before(async () => {
-    server = await startTestServer({ yaml: 'modules: [disco, ping, roster, presence]' });
-  });
-  after(async () => {
-    await server.stop();
-  });
+  const server = useServer({ yaml: 'modules: [disco, ping, roster, presence]' });
 
   it('a full handshake ends in both, after which each sees the other come and go', async () => {
     const a = await online(server, await newUser(server, 'romeo'), 'balcony');
@@ -273,13 +214,7 @@ describe('presence subscriptions (RFC 6121 section 3)', function () {
 
 describe('presence broadcast (RFC 6121 section 4)', function () {
   this.timeout(20_000);
-  let server: TestServer;
-  before(async () => {
-    server = await startTestServer({ yaml: 'modules: [disco, ping, roster, presence]' });
-  });
-  after(async () => {
-    await server.stop();
-  });
+  const server = useServer({ yaml: 'modules: [disco, ping, roster, presence]' });
 
   /** Two users with a mutual subscription; `a` is logged out again at the end. */
   async function friends(): Promise<{ aUser: string; b: XmppClient; a: XmppClient }> {

@@ -3,10 +3,12 @@
 import { randomBytes } from 'node:crypto';
 import { expect } from 'chai';
 import type { Element } from 'ltx';
-import { startTestServer, type TestServer } from '../helpers/server.ts';
+import { startTestServer } from '../helpers/server.ts';
+import { testUsers, useServer } from '../helpers/fixtures.ts';
 import { XmppClient } from '../helpers/xmpp-client.ts';
 
 const PASSWORD = 'private-test-pw';
+const { clients, newUser, login } = testUsers(PASSWORD);
 const NS_PRIVATE = 'jabber:iq:private';
 const NS_BOOKMARKS = 'storage:bookmarks';
 const NS_STANZAS = 'urn:ietf:params:xml:ns:xmpp-stanzas';
@@ -16,22 +18,6 @@ const BOOKMARKS =
   `<storage xmlns='${NS_BOOKMARKS}'>` +
   `<conference name='Council' autojoin='true' jid='council@conference.example.org'><nick>Juliet</nick></conference>` +
   `</storage>`;
-
-let seq = 0;
-const clients: XmppClient[] = [];
-
-async function newUser(server: TestServer, prefix: string): Promise<string> {
-  const name = `${prefix}${++seq}`;
-  await server.addUser(name, PASSWORD);
-  return name;
-}
-
-async function login(server: TestServer, user: string, resource = 'r'): Promise<XmppClient> {
-  const c = await XmppClient.connect({ port: server.port, name: `${user}/${resource}` });
-  clients.push(c);
-  await c.login(user, PASSWORD, { resource });
-  return c;
-}
 
 /** Sends a private storage IQ (raw XML) and returns its id. */
 function sendPrivate(c: XmppClient, type: 'get' | 'set', inner: string, attrs = ''): string {
@@ -60,19 +46,9 @@ async function expectError(c: XmppClient, id: string, condition: string, type: s
   );
 }
 
-afterEach(() => {
-  for (const c of clients.splice(0)) c.destroy();
-});
-
 describe('private XML storage (XEP-0049)', function () {
   this.timeout(30_000);
-  let server: TestServer;
-  before(async () => {
-    server = await startTestServer({ yaml: MODULES });
-  });
-  after(async () => {
-    await server.stop();
-  });
+  const server = useServer({ yaml: MODULES });
 
   it('stores bookmarks and returns them in a later session', async () => {
     const user = await newUser(server, 'bookmarks');

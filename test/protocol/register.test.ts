@@ -1,6 +1,7 @@
 // In-band registration (XEP-0077): account creation before login when the
 // operator allows it, password change and account removal after login.
 import { expect } from 'chai';
+import { useServerAndPool } from '../helpers/fixtures.ts';
 import { startTestServer, type TestServer } from '../helpers/server.ts';
 import { ClientPool, NS_STANZAS, type XmppClient } from '../helpers/xmpp-client.ts';
 
@@ -20,13 +21,7 @@ async function loginFails(pool: ClientPool, username: string, password: string):
 
 describe('protocol: in-band registration', function () {
   describe('disabled (the default)', () => {
-    let server: TestServer;
-    const pool = new ClientPool(() => ({ port: server.port }));
-    before(async () => {
-      server = await startTestServer();
-    });
-    after(() => server.stop());
-    afterEach(() => pool.destroyAll());
+    const { server, pool } = useServerAndPool();
 
     it('advertises no <register/> stream feature', async () => {
       const c = await pool.connectSecure();
@@ -49,16 +44,10 @@ describe('protocol: in-band registration', function () {
   });
 
   describe('enabled', () => {
-    let server: TestServer;
-    const pool = new ClientPool(() => ({ port: server.port }));
-    before(async () => {
-      server = await startTestServer({
-        yaml: 'module_options: { register: { allow_registration: true, max_registrations_per_address: 100 } }',
-      });
-      await server.addUser('romeo', 'pw-romeo');
+    const { server, pool } = useServerAndPool({
+      yaml: 'module_options: { register: { allow_registration: true, max_registrations_per_address: 100 } }',
+      users: { romeo: 'pw-romeo' },
     });
-    after(() => server.stop());
-    afterEach(() => pool.destroyAll());
 
     it('advertises the <register/> stream feature after STARTTLS', async () => {
       const c = await pool.connectSecure();

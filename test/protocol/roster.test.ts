@@ -2,28 +2,13 @@
 // with real clients against a real server.
 import { expect } from 'chai';
 import type { Element } from 'ltx';
-import { startTestServer, type TestServer } from '../helpers/server.ts';
+import { testUsers, useServer } from '../helpers/fixtures.ts';
 import { XmppClient } from '../helpers/xmpp-client.ts';
 
 const PASSWORD = 'roster-test-pw';
+const { newUser, login } = testUsers(PASSWORD);
 const NS_ROSTER = 'jabber:iq:roster';
 const MODULES = 'modules: [disco, ping, roster, presence]';
-
-let seq = 0;
-const clients: XmppClient[] = [];
-
-async function newUser(server: TestServer, prefix: string): Promise<string> {
-  const name = `${prefix}${++seq}`;
-  await server.addUser(name, PASSWORD);
-  return name;
-}
-
-async function login(server: TestServer, user: string, resource: string): Promise<XmppClient> {
-  const c = await XmppClient.connect({ port: server.port, name: `${user}/${resource}` });
-  clients.push(c);
-  await c.login(user, PASSWORD, { resource });
-  return c;
-}
 
 /** A roster get; resolves with the result IQ. */
 async function getRoster(c: XmppClient, ver?: string): Promise<Element> {
@@ -55,19 +40,9 @@ function items(query: Element | undefined): string[] {
   });
 }
 
-afterEach(() => {
-  for (const c of clients.splice(0)) c.destroy();
-});
-
 describe('roster (RFC 6121 section 2)', function () {
   this.timeout(20_000);
-  let server: TestServer;
-  before(async () => {
-    server = await startTestServer({ yaml: MODULES });
-  });
-  after(async () => {
-    await server.stop();
-  });
+  const server = useServer({ yaml: MODULES });
 
   it('offers roster versioning as a stream feature and starts with an empty, versioned roster', async () => {
     const user = await newUser(server, 'empty');
@@ -230,14 +205,8 @@ describe('roster (RFC 6121 section 2)', function () {
 
 describe('roster limits', function () {
   this.timeout(20_000);
-  let server: TestServer;
-  before(async () => {
-    server = await startTestServer({
-      yaml: `${MODULES}\nmodule_options: { roster: { max_items: 2, max_name_length: 8 } }`,
-    });
-  });
-  after(async () => {
-    await server.stop();
+  const server = useServer({
+    yaml: `${MODULES}\nmodule_options: { roster: { max_items: 2, max_name_length: 8 } }`,
   });
 
   it('refuses a contact beyond max_items with not-allowed, but still updates existing ones', async () => {

@@ -5,6 +5,7 @@ import { expect } from 'chai';
 import type { Element } from 'ltx';
 import type { ChannelBindingType } from '../../src/sasl/mechanisms.ts';
 import { plainMessage, ScramClient } from '../helpers/scram-client.ts';
+import { useServerAndPool } from '../helpers/fixtures.ts';
 import { startTestServer, type TestServer } from '../helpers/server.ts';
 import { ClientPool, NS_BIND, NS_SASL, type AuthOutcome, type XmppClient } from '../helpers/xmpp-client.ts';
 
@@ -33,16 +34,11 @@ async function serverFirst(c: XmppClient, user: string): Promise<Map<string, str
 }
 
 describe('protocol: SASL', function () {
-  let server: TestServer;
-  const pool = new ClientPool(() => ({ port: server.port }));
-
-  before(async () => {
-    // The failure tests below would otherwise trip the default throttle.
-    server = await startTestServer({ yaml: 'auth: { throttle: { delay_after: 1000, ban_after: 1000 } }' });
-    await server.addUser('romeo', 'pw-romeo');
+  // The failure tests below would otherwise trip the default throttle.
+  const { server, pool } = useServerAndPool({
+    yaml: 'auth: { throttle: { delay_after: 1000, ban_after: 1000 } }',
+    users: { romeo: 'pw-romeo' },
   });
-  after(() => server.stop());
-  afterEach(() => pool.destroyAll());
 
   describe('each mechanism logs in', () => {
     for (const mechanism of ['SCRAM-SHA-1', 'SCRAM-SHA-256', 'PLAIN']) {

@@ -3,7 +3,7 @@
 // caught and reported with the expected pattern and the received XML.
 import { expect } from 'chai';
 import { parseScenario, runScenario, ScenarioSyntaxError } from '../helpers/scenario.ts';
-import { startTestServer, type TestServer } from '../helpers/server.ts';
+import { useServer } from '../helpers/fixtures.ts';
 import { matchElement, parsePattern } from '../helpers/xmpp-client.ts';
 
 /** null on match, else the reason; `received` is plain XML. */
@@ -142,11 +142,7 @@ describe('scenario runner and patterns', function () {
   });
 
   describe('running against a server', () => {
-    let server: TestServer;
-    before(async () => {
-      server = await startTestServer();
-    });
-    after(() => server.stop());
+    const server = useServer();
 
     it('reports a mismatch with the line, the expected pattern and the received XML', async () => {
       const err = await failure(

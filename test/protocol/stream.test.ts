@@ -1,6 +1,7 @@
 // Stream-level behaviour (RFC 6120 4 and 11): headers, stream errors,
 // restricted XML, size limits, keepalives, closing and timeouts.
 import { expect } from 'chai';
+import { useServerAndPool } from '../helpers/fixtures.ts';
 import { startTestServer, type TestServer } from '../helpers/server.ts';
 import { ClientPool, NS_CLIENT, NS_STREAMS, NS_TLS, type XmppClient } from '../helpers/xmpp-client.ts';
 
@@ -10,15 +11,7 @@ async function ping(c: XmppClient, id = c.nextId('ping')): Promise<void> {
 }
 
 describe('protocol: streams', function () {
-  let server: TestServer;
-  const pool = new ClientPool(() => ({ port: server.port }));
-
-  before(async () => {
-    server = await startTestServer();
-    await server.addUser('romeo', 'pw-romeo');
-  });
-  after(() => server.stop());
-  afterEach(() => pool.destroyAll());
+  const { pool } = useServerAndPool({ users: { romeo: 'pw-romeo' } });
 
   describe('stream header', () => {
     it('answers with from, a fresh id, version 1.0, and to = the client from', async () => {

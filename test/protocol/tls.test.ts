@@ -9,7 +9,7 @@ import pino from 'pino';
 import { parseConfig } from '../../src/config/index.ts';
 import { Server } from '../../src/server.ts';
 import { MemoryDriver } from '../../src/storage/memory.ts';
-import { startTestServer, type TestServer } from '../helpers/server.ts';
+import { useServerAndPool } from '../helpers/fixtures.ts';
 import { ClientPool, NS_SASL, NS_STANZAS, NS_TLS } from '../helpers/xmpp-client.ts';
 
 function mechanismNames(features: Element | null): string[] {
@@ -18,15 +18,7 @@ function mechanismNames(features: Element | null): string[] {
 }
 
 describe('protocol: TLS', function () {
-  let server: TestServer;
-  const pool = new ClientPool(() => ({ port: server.port }));
-
-  before(async () => {
-    server = await startTestServer();
-    await server.addUser('romeo', 'pw-romeo');
-  });
-  after(() => server.stop());
-  afterEach(() => pool.destroyAll());
+  const { server, pool } = useServerAndPool({ users: { romeo: 'pw-romeo' } });
 
   describe('STARTTLS port (required)', () => {
     it('answers the header with its own and offers only <starttls><required/></starttls>', async () => {

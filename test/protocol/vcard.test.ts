@@ -2,29 +2,15 @@
 import { randomBytes } from 'node:crypto';
 import { expect } from 'chai';
 import type { Element } from 'ltx';
-import { startTestServer, type TestServer } from '../helpers/server.ts';
+import { startTestServer } from '../helpers/server.ts';
+import { testUsers, useServer } from '../helpers/fixtures.ts';
 import { XmppClient } from '../helpers/xmpp-client.ts';
 
 const PASSWORD = 'vcard-test-pw';
+const { clients, newUser, login } = testUsers(PASSWORD);
 const NS_VCARD = 'vcard-temp';
 const NS_STANZAS = 'urn:ietf:params:xml:ns:xmpp-stanzas';
 const MODULES = 'modules: [disco, ping, roster, presence, vcard, private, last]';
-
-let seq = 0;
-const clients: XmppClient[] = [];
-
-async function newUser(server: TestServer, prefix: string): Promise<string> {
-  const name = `${prefix}${++seq}`;
-  await server.addUser(name, PASSWORD);
-  return name;
-}
-
-async function login(server: TestServer, user: string, resource = 'r'): Promise<XmppClient> {
-  const c = await XmppClient.connect({ port: server.port, name: `${user}/${resource}` });
-  clients.push(c);
-  await c.login(user, PASSWORD, { resource });
-  return c;
-}
 
 /** Sends a vCard IQ (raw XML, no variable substitution) and returns its id. */
 function sendVcard(c: XmppClient, type: 'get' | 'set', body = '', attrs = ''): string {
@@ -50,19 +36,9 @@ async function expectError(c: XmppClient, id: string, condition: string, type: s
   );
 }
 
-afterEach(() => {
-  for (const c of clients.splice(0)) c.destroy();
-});
-
 describe('vcard-temp (XEP-0054)', function () {
   this.timeout(20_000);
-  let server: TestServer;
-  before(async () => {
-    server = await startTestServer({ yaml: MODULES });
-  });
-  after(async () => {
-    await server.stop();
-  });
+  const server = useServer({ yaml: MODULES });
 
   it('announces vcard-temp in the server disco#info', async () => {
     const c = await login(server, await newUser(server, 'disco'));

@@ -1,0 +1,210 @@
+// --compare: the same scenarios against Prosody, ejabberd (started with
+// ../shared/anchors/anchors.sh) and Chorus (started here), one table.
+import { execFileSync } from 'node:child_process';
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startChorus, type ChorusProcess } from './chorus.ts';
+import { fmt, formatTable, writeResult } from './report.ts';
+import { runScenario, type BenchOptions, type ScenarioName, type ScenarioResult } from './scenarios.ts';
+
+const ANCHORS = fileURLToPath(new URL('../../shared/anchors/anchors.sh', import.meta.url));
+const ANCHOR_STATE = process.env.ANCHORS_DIR ?? '/tmp/xmpp-anchors';
+
+export interface CompareOptions {
+  scenarios: ScenarioName[];
+  base: Omit<BenchOptions, 'host' | 'port' | 'pids' | 'server'>;
+  /** Users for idle-memory (defaults to 10,000, or base.users with --quick). */
+  idleUsers: number;
+  chorusPort: number;
+  chorusStorage: 'sqlite' | 'memory';
+  /** Leave the reference servers running afterwards. */
+  keepAnchors: boolean;
+  /** Servers to include. */
+  servers: string[];
+  /** Archive all 1:1 messages on every server (anchors.sh --mam, Chorus `mam`). */
+  mam: boolean;
+  /** Override of the Chorus module list. */
+  chorusModules?: string[];
+}
+
+interface Target {
+  name: string;
+  port: number;
+  pids: number[];
+}
+
+function anchors(...args: string[]): string {
+  if (args[0] === 'pids') return execFileSync('bash', [ANCHORS, ...args], { encoding: 'utf8' });
+  // `start` leaves background processes holding its stdout: a pipe would keep
+  // execFileSync waiting for ever, so the output goes to a file instead.
+  const dir = mkdtempSync(join(tmpdir(), 'bench-anchors-'));
+  const log = join(dir, 'anchors.log');
+  const fd = openSync(log, 'w');
+  try {
+    execFileSync('bash', [ANCHORS, ...args], { stdio: ['ignore', fd, fd] });
+  } finally {
+    closeSync(fd);
+    const text = readFileSync(log, 'utf8');
+    if (text) process.stderr.write(text);
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return '';
+}
+
+function anchorPids(): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const line of anchors('pids').split('\n')) {
+    const [name, pid] = line.trim().split(/\s+/);
+    if (name && pid && /^\d+$/.test(pid)) out.set(name, Number(pid));
+  }
+  return out;
+}
+
+/** Metrics shown in the comparison, per scenario, with whether higher is better. */
+const SHOWN: Record<ScenarioName, [string, 'higher' | 'lower'][]> = {
+  'register-login': [
+    ['register_per_s', 'higher'],
+    ['server_cpu_us_per_register', 'lower'],
+    ['logins_per_s', 'higher'],
+    ['server_cpu_us_per_login', 'lower'],
+    ['client_cpu_us_per_login', 'lower'],
+  ],
+  throughput: [
+    ['msgs_per_s', 'higher'],
+    ['server_cpu_us_per_msg', 'lower'],
+    ['server_cpu_pct', 'lower'],
+    ['client_cpu_us_per_msg', 'lower'],
+    ['client_cpu_pct', 'lower'],
+    ['undelivered', 'lower'],
+  ],
+  latency: [
+    ['delivered_per_s', 'higher'],
+    ['p50_ms', 'lower'],
+    ['p90_ms', 'lower'],
+    ['p99_ms', 'lower'],
+    ['max_ms', 'lower'],
+    ['server_cpu_us_per_msg', 'lower'],
+    ['undelivered', 'lower'],
+  ],
+  'idle-memory': [
+    ['sessions', 'higher'],
+    ['kib_per_session', 'lower'],
+    ['kib_per_session_2nd_half', 'lower'],
+    ['rss_after_kib', 'lower'],
+    ['logins_per_s', 'higher'],
+  ],
+};
+
+export function comparisonTable(results: ScenarioResult[], servers: string[]): string {
+  const others = servers.filter((s) => s !== 'chorus');
+  const header = ['scenario / metric', ...servers];
+  if (servers.includes('chorus')) for (const o of others) header.push(`chorus/${o}`);
+  const rows = [header];
+  const scenarios = [...new Set(results.map((r) => r.scenario))];
+  for (const sc of scenarios) {
+    for (const [metric] of SHOWN[sc]) {
+      const value = (server: string) =>
+        results.find((r) => r.scenario === sc && r.server === server)?.metrics[metric];
+      const row = [`${sc} ${metric}`, ...servers.map((s) => fmt(value(s)))];
+      if (servers.includes('chorus')) {
+        const c = value('chorus');
+        for (const o of others) {
+          const v = value(o);
+          row.push(
+            typeof c === 'number' && typeof v === 'number' && v !== 0 ? `${(c / v).toFixed(2)}x` : '-',
+          );
+        }
+      }
+      rows.push(row);
+    }
+  }
+  return formatTable(rows);
+}
+
+export async function compare(c: CompareOptions): Promise<void> {
+  const wantAnchors = c.servers.some((s) => s !== 'chorus');
+  let chorus: ChorusProcess | null = null;
+  const results: ScenarioResult[] = [];
+  const failures: string[] = [];
+  let chorusModuleList: string[] = [];
+  try {
+    const targets: Target[] = [];
+    if (c.servers.includes('chorus')) {
+      process.stderr.write(`starting Chorus on 127.0.0.1:${c.chorusPort}\n`);
+      const certDir = `${ANCHOR_STATE}/certs`;
+      const cert = existsSync(`${certDir}/localhost.crt`)
+        ? { cert: `${certDir}/localhost.crt`, key: `${certDir}/localhost.key` }
+        : undefined;
+      chorus = await startChorus({
+        port: c.chorusPort,
+        storage: c.chorusStorage,
+        cert,
+        mam: c.mam,
+        modules: c.chorusModules,
+      });
+      chorusModuleList = chorus.modules;
+      process.stderr.write(`Chorus modules: ${chorus.modules.join(', ')}\n`);
+      targets.push({ name: 'chorus', port: c.chorusPort, pids: [chorus.pid] });
+    }
+    if (wantAnchors) {
+      process.stderr.write('starting the reference servers (anchors.sh start all)\n');
+      if (c.mam) anchors('start', 'all', '--mam');
+      else anchors('start', 'all');
+      const pids = anchorPids();
+      if (c.servers.includes('prosody'))
+        targets.push({ name: 'prosody', port: 5322, pids: [pids.get('prosody')!] });
+      if (c.servers.includes('ejabberd'))
+        targets.push({ name: 'ejabberd', port: 5332, pids: [pids.get('ejabberd')!] });
+    }
+    // Run scenario by scenario, each on every server, so that the servers see
+    // the same machine conditions as close together in time as possible.
+    for (const sc of c.scenarios) {
+      for (const t of targets) {
+        const o: BenchOptions = {
+          ...c.base,
+          host: '127.0.0.1',
+          port: t.port,
+          pids: t.pids.filter((p) => Number.isInteger(p) && p > 0),
+          server: t.name,
+        };
+        if (sc === 'idle-memory') {
+          o.users = c.idleUsers;
+          o.parallel = Math.max(o.parallel, 32);
+          if (o.users > 5000) o.sourceAddrs = Math.max(o.sourceAddrs, 4);
+        }
+        process.stderr.write(`\n== ${t.name}: ${sc} (${o.users} users)\n`);
+        try {
+          const r = await runScenario(sc, o);
+          results.push(r);
+          process.stderr.write(`   -> ${writeResult(r, t.name, sc)}\n`);
+        } catch (err) {
+          const msg = `${t.name} ${sc}: ${err instanceof Error ? err.message : String(err)}`;
+          failures.push(msg);
+          process.stderr.write(`   FAILED ${msg}\n`);
+        }
+      }
+    }
+  } finally {
+    if (chorus) await chorus.stop();
+    if (wantAnchors && !c.keepAnchors) {
+      try {
+        anchors('stop');
+      } catch (err) {
+        process.stderr.write(`anchors.sh stop failed: ${String(err)}\n`);
+      }
+    }
+  }
+  const servers = ['chorus', 'prosody', 'ejabberd'].filter((s) => c.servers.includes(s));
+  const table = comparisonTable(results, servers);
+  const file = writeResult(
+    { compare: true, options: c, chorusModules: chorusModuleList, results, failures, table },
+    'all',
+    'compare',
+  );
+  process.stdout.write(`\n${table}\n`);
+  if (chorusModuleList.length) process.stdout.write(`\nChorus modules: ${chorusModuleList.join(', ')}\n`);
+  if (failures.length) process.stdout.write(`\nfailures:\n  ${failures.join('\n  ')}\n`);
+  process.stdout.write(`\nresults: ${file}\n`);
+}
