@@ -286,6 +286,25 @@ export class SqliteDriver implements StorageDriver {
     this.#pendingStores.clear();
     if (batch.length === 0) return;
     this.#queue = [];
+    // The whole batch runs in one transaction without per-write savepoints
+    // (they cost about as much as the writes). If any write fails, the batch
+    // is rolled back and every write is retried in a savepoint of its own, so
+    // one bad write still fails alone.
+    const values: unknown[] = [];
+    let failed = false;
+    try {
+      this.#db.transaction(() => {
+        for (const w of batch) values.push(w.run());
+      })();
+    } catch {
+      failed = true;
+    }
+    if (!failed) {
+      this.#commits++;
+      this.#writes += batch.length;
+      batch.forEach((w, i) => w.resolve(values[i]));
+      return;
+    }
     const outcomes: { ok: boolean; value: unknown }[] = [];
     try {
       this.#db.transaction(() => {
