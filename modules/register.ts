@@ -5,32 +5,11 @@ import { Element } from 'ltx';
 import { z } from 'zod';
 import { JidError, prepareLocal } from '../src/jid.ts';
 import { defineModule } from '../src/modules/api.ts';
+import { AddressLimiter } from '../src/util/address-limiter.ts';
 import { getText } from '../src/xml/element.ts';
 
 const NS = 'jabber:iq:register';
 const NS_FEATURE = 'http://jabber.org/features/iq-register';
-
-/** Counts registrations per address in a sliding window, with bounded memory. */
-class RegistrationLimiter {
-  private readonly recent = new Map<string, number[]>();
-  constructor(
-    private readonly max: number,
-    private readonly windowMs: number,
-  ) {}
-
-  allow(address: string, now = Date.now()): boolean {
-    const times = (this.recent.get(address) ?? []).filter((t) => now - t < this.windowMs);
-    if (times.length >= this.max) {
-      this.recent.set(address, times);
-      return false;
-    }
-    times.push(now);
-    this.recent.delete(address); // re-insert so the map stays ordered by activity
-    this.recent.set(address, times);
-    if (this.recent.size > 100_000) this.recent.delete(this.recent.keys().next().value!);
-    return true;
-  }
-}
 
 export default defineModule({
   name: 'register',
@@ -47,7 +26,7 @@ export default defineModule({
     })
     .strict(),
   setup(ctx) {
-    const limiter = new RegistrationLimiter(
+    const limiter = new AddressLimiter(
       ctx.options.max_registrations_per_address,
       ctx.options.window_seconds * 1000,
     );

@@ -20,6 +20,7 @@ import { CertificateStore } from './net/certs.ts';
 import { Router } from './router/router.ts';
 import { setScramFakeSaltSecret } from './sasl/mechanisms.ts';
 import { AuthThrottle } from './sasl/throttle.ts';
+import { AddressLimiter } from './util/address-limiter.ts';
 import { Accounts } from './storage/accounts.ts';
 import { openStorage } from './storage/index.ts';
 import type { StorageDriver } from './storage/types.ts';
@@ -52,6 +53,7 @@ export class Server implements C2SEnvironment {
   readonly storage: StorageDriver;
   readonly log: Logger;
   throttle: AuthThrottle;
+  private connectionLimiter: AddressLimiter | null;
   listeners: BoundListener[] = [];
   private readonly modules = new Map<string, Map<string, LoadedModule>>();
   private stopping = false;
@@ -65,6 +67,7 @@ export class Server implements C2SEnvironment {
     this.accounts = new Accounts(this.storage, config.auth.scram_iterations);
     this.certs = new CertificateStore({ log: (msg) => this.log.info(msg) });
     this.throttle = makeThrottle(config);
+    this.connectionLimiter = makeConnectionLimiter(config);
     this.router = new Router({
       hosts: this.hosts,
       directory: this.directory,
@@ -217,6 +220,13 @@ export class Server implements C2SEnvironment {
         socket.destroy();
         return;
       }
+      const address = socket.remoteAddress ?? '';
+      if (this.connectionLimiter && !this.connectionLimiter.allow(address)) {
+        // Dropped before any XML: a flood of connections costs us almost nothing.
+        this.log.warn({ ip: address }, 'too many new connections from this address; dropped');
+        socket.destroy();
+        return;
+      }
       socket.setNoDelay(true);
       socket.setKeepAlive(true, 60_000);
       new C2SStream(socket, this, options);
@@ -279,6 +289,7 @@ export class Server implements C2SEnvironment {
     const previous = this.config;
     this.config = { ...next, listeners: previous.listeners, storage: previous.storage };
     this.throttle = makeThrottle(this.config);
+    this.connectionLimiter = makeConnectionLimiter(this.config);
     const vhosts = [...this.hosts.values()].filter((h) => h.kind === 'vhost').map((h) => h.domain);
     for (const domain of vhosts) {
       if (!plans.has(domain)) await this.closeStreams(domain, 'host-gone', 'This host is no longer served');
@@ -323,6 +334,11 @@ export class Server implements C2SEnvironment {
 interface PlannedModule {
   def: ModuleDefinition;
   options: unknown;
+}
+
+function makeConnectionLimiter(config: ChorusConfig): AddressLimiter | null {
+  const perMinute = config.limits.connections_per_minute;
+  return perMinute > 0 ? new AddressLimiter(perMinute, 60_000) : null;
 }
 
 function makeThrottle(config: ChorusConfig): AuthThrottle {

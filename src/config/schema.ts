@@ -163,6 +163,10 @@ const limitsSchema = section({
   max_attributes: intBetween(1, 10_000).prefault(64),
   max_resources_per_user: intBetween(1).prefault(10),
   handshake_timeout: intBetween(1, 3600).prefault(30),
+  /** New connections accepted from one address per minute; more are dropped at once. 0: no limit. */
+  connections_per_minute: intBetween(0).prefault(120),
+  /** Bytes per second one client connection may send before reading from it slows down. 0: no limit. */
+  bytes_per_second: intBetween(0).prefault(262144),
 }).superRefine((limits, ctx) => {
   if (limits.stanza_size_preauth > limits.stanza_size) {
     ctx.addIssue({

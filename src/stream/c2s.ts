@@ -113,7 +113,10 @@ export class C2SStream implements StreamInfo, SessionConnection {
 
   private attachSocket(socket: Socket): void {
     this.socket = socket;
-    socket.on('data', (chunk: Buffer) => this.parser.write(chunk));
+    socket.on('data', (chunk: Buffer) => {
+      this.shape(chunk.length);
+      this.parser.write(chunk);
+    });
     socket.on('error', (err) => this.log.debug({ err: err.message }, 'socket error'));
     socket.on('close', () => this.onSocketClosed());
   }
@@ -165,7 +168,40 @@ export class C2SStream implements StreamInfo, SessionConnection {
   private drain(): void {
     this.busy = false;
     while (!this.busy && this.queue.length && !this.closing) this.process(this.queue.shift()!);
-    if (!this.busy && !this.socket.destroyed) this.socket.resume();
+    if (!this.busy && !this.shapingTimer && !this.socket.destroyed) this.socket.resume();
+  }
+
+  // ---- traffic shaping ---------------------------------------------------
+
+  /** Bytes the client may still send at once (token bucket, refilled at limits.bytes_per_second). */
+  private allowance: number | null = null;
+  private allowanceAt = 0;
+  private shapingTimer: NodeJS.Timeout | null = null;
+
+  /**
+   * A client that sends faster than limits.bytes_per_second is slowed down by
+   * reading from its socket less often, rather than buffering its flood.
+   * Bursts of two seconds' worth pass at once.
+   */
+  private shape(bytes: number): void {
+    const rate = this.env.config.limits.bytes_per_second;
+    if (rate <= 0) return;
+    const now = Date.now();
+    const burst = rate * 2;
+    this.allowance =
+      this.allowance === null
+        ? burst
+        : Math.min(burst, this.allowance + ((now - this.allowanceAt) * rate) / 1000);
+    this.allowanceAt = now;
+    this.allowance -= bytes;
+    if (this.allowance >= 0 || this.shapingTimer) return;
+    this.socket.pause();
+    const wait = Math.ceil((-this.allowance * 1000) / rate);
+    this.shapingTimer = setTimeout(() => {
+      this.shapingTimer = null;
+      if (!this.busy && !this.socket.destroyed) this.socket.resume();
+    }, wait);
+    this.shapingTimer.unref();
   }
 
   private fail(err: unknown): void {
@@ -657,6 +693,7 @@ export class C2SStream implements StreamInfo, SessionConnection {
 
   private async finishConnection(how: ConnectionEnd): Promise<void> {
     this.closing = true;
+    if (this.shapingTimer) clearTimeout(this.shapingTimer);
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     this.env.streams.delete(this);
     const session = this.session;

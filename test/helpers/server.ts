@@ -28,6 +28,9 @@ export interface TestServerOptions {
   /** Use a SQLite file in the temporary directory instead of memory storage. */
   sqlite?: boolean;
   domain?: string;
+  /** limits.connections_per_minute and limits.bytes_per_second (0, off, unless given). */
+  connectionsPerMinute?: number;
+  bytesPerSecond?: number;
   /** Set CHORUS_TEST_LOG=debug to see the server's log. */
   logLevel?: string;
 }
@@ -52,6 +55,10 @@ export async function startTestServer(opts: TestServerOptions = {}): Promise<Tes
   const config: ChorusConfig = parseConfig(yaml, { file: 'test-config.yaml', env: {} });
   // Port 0: let the kernel pick free ports (the schema wants 1-65535 in files).
   for (const l of config.listeners) l.port = 0;
+  // Tests open many connections from 127.0.0.1 quickly; the abuse limits are
+  // off unless a test asks for them (see the hardening tests).
+  config.limits.connections_per_minute = opts.connectionsPerMinute ?? 0;
+  config.limits.bytes_per_second = opts.bytesPerSecond ?? 0;
   const log = pino({ level: opts.logLevel ?? process.env.CHORUS_TEST_LOG ?? 'silent' });
   const server = new Server(config, { log, storage: opts.sqlite ? undefined : new MemoryDriver() });
   await server.start();

@@ -66,6 +66,8 @@ function expectedDefaults(cwd: string): ChorusConfig {
       max_attributes: 64,
       max_resources_per_user: 10,
       handshake_timeout: 30,
+      connections_per_minute: 120,
+      bytes_per_second: 262144,
     },
     sessions: { conflict: 'replace_old' },
     log: { level: 'info', format: 'auto' },
