@@ -99,8 +99,18 @@ export default defineModule({
     const maxPage = opts.max_page;
     const defaultPage = Math.min(opts.default_page, maxPage);
 
+    // Preferences are read for every archived message; this module is their
+    // only writer, so a bounded cache of them stays exact.
+    const prefsCache = new Map<string, Prefs>();
     async function prefsOf(user: string): Promise<Prefs> {
-      return prefsFromJson(await prefsStore.get(user)) ?? defaults;
+      const cached = prefsCache.get(user);
+      if (cached) return cached;
+      const prefs = prefsFromJson(await prefsStore.get(user)) ?? defaults;
+      // A set that finished while we read has put the newer value in already.
+      if (prefsCache.has(user)) return prefsCache.get(user)!;
+      if (prefsCache.size >= 10_000) prefsCache.delete(prefsCache.keys().next().value!);
+      prefsCache.set(user, prefs);
+      return prefs;
     }
 
     async function wanted(user: string, contact: Jid): Promise<boolean> {
@@ -125,93 +135,74 @@ export default defineModule({
 
     const targets: ('self' | 'bare')[] = ['self', 'bare'];
 
+    /**
+     * Answers an IQ about the asker's own archive; anyone else's gets
+     * forbidden, and a storage failure internal-server-error.
+     */
+    const ownArchiveIq =
+      (what: string, answer: (ev: IqEvent, user: string) => void | Promise<void>) => (ev: IqEvent) => {
+        const user = ownArchive(ev);
+        if (user === null) return true;
+        const fail = (err: unknown) => {
+          ctx.log.error({ err, user }, `${what} failed`);
+          ev.error('internal-server-error');
+          return true as const;
+        };
+        try {
+          const done = answer(ev, user);
+          return done instanceof Promise ? done.then(() => true as const, fail) : true;
+        } catch (err) {
+          return fail(err);
+        }
+      };
+
     ctx.handleIq(
       'set',
       NS_MAM,
       'query',
-      (ev) => {
-        const user = ownArchive(ev);
-        if (user === null) return true;
-        return runQuery(ev, user, { archive, maxPage, defaultPage }).then(
-          () => true,
-          (err: unknown) => {
-            ctx.log.error({ err, user }, 'archive query failed');
-            ev.error('internal-server-error');
-            return true;
-          },
-        );
-      },
+      ownArchiveIq('archive query', (ev, user) => runQuery(ev, user, { archive, maxPage, defaultPage })),
       targets,
     );
-
     ctx.handleIq(
       'get',
       NS_MAM,
       'query',
-      (ev) => {
-        if (ownArchive(ev) !== null) ev.reply(formReply(archive));
-        return true;
-      },
+      ownArchiveIq('archive form', (ev) => ev.reply(formReply(archive))),
       targets,
     );
-
     ctx.handleIq(
       'get',
       NS_MAM,
       'metadata',
-      (ev) => {
-        const user = ownArchive(ev);
-        if (user === null) return true;
-        return metadata(archive, user).then(
-          (el) => {
-            ev.reply(el);
-            return true;
-          },
-          (err: unknown) => {
-            ctx.log.error({ err, user }, 'archive metadata query failed');
-            ev.error('internal-server-error');
-            return true;
-          },
-        );
-      },
+      ownArchiveIq('archive metadata query', async (ev, user) => ev.reply(await metadata(archive, user))),
       targets,
     );
-
     ctx.handleIq(
       'get',
       NS_MAM,
       'prefs',
-      (ev) => {
-        const user = ownArchive(ev);
-        if (user === null) return true;
-        return prefsOf(user).then((prefs) => {
-          ev.reply(prefsElement(NS_MAM, prefs));
-          return true;
-        });
-      },
+      ownArchiveIq('archive preferences query', async (ev, user) =>
+        ev.reply(prefsElement(NS_MAM, await prefsOf(user))),
+      ),
       targets,
     );
-
     ctx.handleIq(
       'set',
       NS_MAM,
       'prefs',
-      (ev) => {
-        const user = ownArchive(ev);
-        if (user === null) return true;
+      ownArchiveIq('archive preferences update', async (ev, user) => {
         let prefs: Prefs;
         try {
           prefs = parsePrefs(ev.payload);
         } catch (err) {
           if (!(err instanceof PrefsError)) throw err;
           ev.error('bad-request', { text: err.message });
-          return true;
+          return;
         }
-        return prefsStore.set(user, prefsToJson(prefs)).then(() => {
-          ev.reply(prefsElement(NS_MAM, prefs));
-          return true;
-        });
-      },
+        await prefsStore.set(user, prefsToJson(prefs));
+        prefsCache.set(user, prefs);
+        ev.reply(prefsElement(NS_MAM, prefs));
+      }),
       targets,
     );
 
