@@ -47,37 +47,12 @@ export interface StorageService {
   archive<T = JsonValue>(store: string): ArchiveStore<T>;
 }
 
-/** A subdomain served by a module: its stanzas fire events on its own bus. */
-export interface ServiceContext {
-  readonly domain: string;
-  readonly jid: Jid;
-  hook<K extends keyof ChorusEvents>(event: K, handler: Handler<ChorusEvents[K]>, priority?: number): void;
-  handleIq(
-    type: 'get' | 'set',
-    ns: string,
-    name: string,
-    handler: (event: IqEvent) => HandlerResult,
-    targets?: IqTarget[],
-  ): void;
-  addFeature(ns: string): void;
-  addIdentity(identity: Identity): void;
-  features(): string[];
-  identities(): Identity[];
-}
-
-export interface ModuleContext<Options> {
-  /** The virtual host this instance of the module serves. */
-  readonly host: string;
-  readonly options: Readonly<Options>;
-  readonly log: Logger;
-  readonly accounts: AccountService;
-  readonly sessions: SessionService;
-  readonly storage: StorageService;
-
+/** Handlers and disco entries on one domain: a virtual host, or a module's service. */
+export interface DomainHandlers {
   hook<K extends keyof ChorusEvents>(event: K, handler: Handler<ChorusEvents[K]>, priority?: number): void;
   /**
    * Answers IQs of `type` whose payload is `<name xmlns=ns>`. `targets`
-   * defaults to ['host']: IQs addressed to the server.
+   * defaults to ['host']: IQs addressed to the domain itself.
    */
   handleIq(
     type: 'get' | 'set',
@@ -86,15 +61,32 @@ export interface ModuleContext<Options> {
     handler: (event: IqEvent) => HandlerResult,
     targets?: IqTarget[],
   ): void;
-  /** A disco feature of the server (disco#info to the host). */
+  /** A disco feature of the domain (disco#info to it). */
   addFeature(ns: string): void;
+  addIdentity(identity: Identity): void;
+  /** Features and identities registered by every module on the domain (for disco). */
+  features(): string[];
+  identities(): Identity[];
+}
+
+/** A subdomain served by a module: its stanzas fire events on its own bus. */
+export interface ServiceContext extends DomainHandlers {
+  readonly domain: string;
+  readonly jid: Jid;
+}
+
+export interface ModuleContext<Options> extends DomainHandlers {
+  /** The virtual host this instance of the module serves. */
+  readonly host: string;
+  readonly options: Readonly<Options>;
+  readonly log: Logger;
+  readonly accounts: AccountService;
+  readonly sessions: SessionService;
+  readonly storage: StorageService;
+
   /** A disco feature of each account (disco#info to a user's bare JID), e.g. urn:xmpp:mam:2. */
   addAccountFeature(ns: string): void;
-  addIdentity(identity: Identity): void;
-  /** Features and identities registered by every module of this host (for disco). */
-  features(): string[];
   accountFeatures(): string[];
-  identities(): Identity[];
 
   /**
    * Serves a subdomain (e.g. conference.example.org) from this module:
