@@ -669,9 +669,14 @@ export class C2SStream implements StreamInfo, SessionConnection {
     // Nothing may follow the closing tag; stanzas still routed to the session
     // go to its send listeners (stream management rescues them).
     this.closeSent = true;
-    this.socket.end();
     const socket = this.socket;
-    setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref();
+    if (this.state === 'tls-handshake') {
+      // Nothing can be said inside an unfinished TLS handshake: just drop it.
+      socket.destroy();
+    } else {
+      socket.end();
+      setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref();
+    }
     void this.connectionEnded(condition === 'conflict' ? 'replaced' : condition ? 'error' : 'closed');
   }
 
