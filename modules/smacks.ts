@@ -220,7 +220,10 @@ export default defineModule({
 
     /** XEP-0203: stanzas held back while the client was away carry when they arrived. */
     const withDelay = (stanza: Element, queuedAt: number): Element => {
-      if (Date.now() - queuedAt < 1000 || stanza.getChild('delay', NS_DELAY)) return stanza;
+      // Only our own stamp counts: a <delay/> the sender put in must not hide
+      // how long the server held the stanza.
+      const stamped = stanza.getChildren('delay', NS_DELAY).some((d) => d.attrs.from === ctx.host);
+      if (Date.now() - queuedAt < 1000 || stamped) return stanza;
       const copy = new Element(stanza.name, { ...stanza.attrs });
       for (const child of stanza.children) copy.children.push(child);
       copy.c('delay', { xmlns: NS_DELAY, from: ctx.host, stamp: new Date(queuedAt).toISOString() });

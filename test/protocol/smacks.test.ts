@@ -354,6 +354,30 @@ describe('protocol: stream management (XEP-0198)', function () {
       expect(await drain(s), 'the sender got an error').to.deep.equal([]);
     });
 
+    it('stamps a held message although its sender put a <delay/> of its own in it', async () => {
+      const user = await newUser(server, 'forgeddelay');
+      const sender = await newUser(server, 'sender');
+      const { c, id } = await smLogin(server.port, user, 'phone');
+      const fullJid = c.jid!;
+      const s = await login(server.port, sender, 's');
+      c.destroy();
+      await sleep(100);
+      const before = Date.now();
+      s.send(
+        `<message to='${fullJid}' type='chat' id='forged'><body>forged</body>` +
+          `<delay xmlns='${NS_DELAY}' from='elsewhere.example' stamp='2000-01-01T00:00:00Z'/></message>`,
+      );
+      await sendAll(s, fullJid, []);
+      await sleep(1200);
+      const r = await authenticated(server.port, user);
+      r.send(`<resume xmlns='${SM}' previd='${id}' h='0'/>`);
+      await r.expect(`<resumed xmlns='${SM}' previd='${id}' h='0'/>`);
+      const [m] = await expectMessages(r, s.jid!, ['forged']);
+      const ours = delays(m!).filter((d) => d.attrs.from === 'localhost');
+      expect(ours, 'the server stamped how long it held the message').to.have.length(1);
+      expect(Date.parse(ours[0]!.attrs.stamp as string)).to.be.at.least(before - 1000);
+    });
+
     it('keeps counting h across a resumption', async () => {
       const user = await newUser(server, 'hcount');
       const sender = await newUser(server, 'sender');
