@@ -83,6 +83,9 @@ export function chorusConfig(o: ChorusOptions, dir: string, modules: string[]): 
     `certs: { dir: '${join(dir, 'certs')}' }`,
     'module_options:',
     '  register: { allow_registration: true, max_registrations_per_address: 1000000000, window_seconds: 1 }',
+    // Like the references (ejabberd `shaper: none`, Prosody's 100mb/s c2s limit): no connection
+    // rate limit per address (every bench connection comes from 127.0.0.1) and no traffic shaping.
+    'limits: { connections_per_minute: 0, bytes_per_second: 0 }',
     `log: { level: ${o.logLevel ?? 'warn'}, format: json }`,
     '',
   ].join('\n');
@@ -104,6 +107,10 @@ export async function startChorus(o: ChorusOptions): Promise<ChorusProcess> {
     [
       ...(process.env.CHORUS_BENCH_PROFILE
         ? ['--cpu-prof', `--cpu-prof-dir=${process.env.CHORUS_BENCH_PROFILE}`]
+        : []),
+      // Sampling interval in µs (V8's default is 1000): finer samples show short event-loop stalls.
+      ...(process.env.CHORUS_BENCH_PROFILE && process.env.CHORUS_BENCH_PROFILE_INTERVAL
+        ? [`--cpu-prof-interval=${process.env.CHORUS_BENCH_PROFILE_INTERVAL}`]
         : []),
       'bin/chorus.js',
       'start',
