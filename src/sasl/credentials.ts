@@ -157,6 +157,38 @@ export function deriveCredentials(
   return { scram };
 }
 
+/**
+ * deriveCredentials without blocking the event loop: PBKDF2 at 4096+
+ * iterations takes milliseconds per hash, during which no other client would
+ * be served. Account creation and password changes in the server use this.
+ */
+export async function deriveCredentialsAsync(
+  password: string,
+  iterations: number,
+  hashes: ScramHash[] = [...SCRAM_HASHES],
+): Promise<StoredCredentials> {
+  if (hashes.length === 0) throw new RangeError('at least one SCRAM hash is required');
+  checkIterations(iterations);
+  const prepared = preparePasswordForStorage(password);
+  const scram: Partial<Record<ScramHash, ScramKeys>> = {};
+  await Promise.all(
+    hashes.map(async (hash) => {
+      const salt = randomBytes(SALT_BYTES);
+      const { storedKey, serverKey } = keysFromSalted(
+        hash,
+        await saltedPasswordAsync(hash, prepared, salt, iterations),
+      );
+      scram[hash] = {
+        salt: salt.toString('base64'),
+        iterations,
+        storedKey: storedKey.toString('base64'),
+        serverKey: serverKey.toString('base64'),
+      };
+    }),
+  );
+  return { scram };
+}
+
 /** Decoded, validated form of a stored verifier; null when the stored data is unusable. */
 export interface DecodedScramKeys {
   salt: Buffer;

@@ -5,7 +5,7 @@
 
 import {
   burnPasswordWork,
-  deriveCredentials,
+  deriveCredentialsAsync,
   verifyPasswordAsync,
   type StoredCredentials,
 } from '../sasl/credentials.ts';
@@ -74,7 +74,7 @@ export class Accounts {
   async create(host: string, username: string, password: string): Promise<void> {
     checkName(host, username);
     // Derive before taking the lock: it is the slow part and fails on bad passwords.
-    const credentials = deriveCredentials(password, this.#iterations);
+    const credentials = await deriveCredentialsAsync(password, this.#iterations);
     await this.#exclusive(host, username, async () => {
       const store = this.#store(host);
       if ((await store.get(username)) !== null) throw new AccountExistsError(host, username);
@@ -88,7 +88,7 @@ export class Accounts {
 
   async setPassword(host: string, username: string, password: string): Promise<void> {
     checkName(host, username);
-    const credentials = deriveCredentials(password, this.#iterations);
+    const credentials = await deriveCredentialsAsync(password, this.#iterations);
     await this.#exclusive(host, username, async () => {
       const store = this.#store(host);
       const record = await store.get(username);
