@@ -30,21 +30,13 @@ Commands on stdin, besides quit:
   {"cmd": "leave", "room": ..., "nick": "Bob"}
 """
 
-import logging
-import os
-import sys
 from datetime import datetime, timezone
 from typing import Any
 
-from interop_common import (EXIT_LOGIN_FAILED, EXIT_OK, EXIT_USAGE, EXIT_WATCHDOG,
-                            LineReader, die, emit, log, parse_args, require)
+from interop_common import emit, log
+from nbxmpp_common import NbxmppScript, run_script
 
-require('gi', 'python3-gi')
-require('nbxmpp', 'python3-nbxmpp')
-
-from gi.repository import Gio, GLib  # noqa: E402
-from nbxmpp.client import Client  # noqa: E402
-from nbxmpp.const import ConnectionProtocol, ConnectionType  # noqa: E402
+from gi.repository import GLib  # noqa: E402
 from nbxmpp.errors import StanzaError  # noqa: E402
 from nbxmpp.namespaces import Namespace  # noqa: E402
 from nbxmpp.protocol import JID, Message, Presence  # noqa: E402
@@ -59,75 +51,12 @@ def iso(timestamp: Any) -> Any:
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat()
 
 
-class NbxmppMuc:
+class NbxmppMuc(NbxmppScript):
     def __init__(self, args: Any) -> None:
-        self.args = args
-        self.loop = GLib.MainLoop()
-        self.exit_code = EXIT_OK
-        self.ready = False
-        self.quitting = False
-        self.commands: list[dict[str, Any]] = []
-        self.busy = False
+        super().__init__(args)
         # Counts every stanza from a room, so that the test can check their order.
         self.n = 0
-
-        local, rest = args.jid.split('@', 1)
-        domain, resource = rest.split('/', 1)
-        self.domain = domain
-
-        client = Client()
-        client.set_domain(domain)
-        client.set_username(local)
-        client.set_resource(resource)
-        client.set_password(args.password)
-        client.set_custom_host('%s:%d' % (args.host, args.port), ConnectionProtocol.TCP, ConnectionType.START_TLS)
-        client.set_mechs({args.mech})
-        client.set_accepted_certificates([Gio.TlsCertificate.new_from_file(args.cafile)])
-        client.subscribe('connected', self.on_connected)
-        client.subscribe('disconnected', self.on_disconnected)
-        client.subscribe('connection-failed', self.on_connection_failed)
-        client.register_handler(StanzaHandler(name='message', callback=self.on_message))
-        client.register_handler(StanzaHandler(name='presence', callback=self.on_presence))
-        self.client = client
-
-    # ---- connection ---------------------------------------------------
-
-    def start(self) -> int:
-        GLib.timeout_add_seconds(int(self.args.timeout), self.on_watchdog)
-        self.client.connect()
-        self.loop.run()
-        return self.exit_code
-
-    def on_watchdog(self) -> bool:
-        die(EXIT_WATCHDOG, 'watchdog: still running after %ss' % self.args.timeout)
-
-    def error_text(self) -> str:
-        domain, error, text = self.client.get_error()
-        return '%s %s %s' % (domain, error, text or '')
-
-    def on_connected(self, _client: Any, _signal: str) -> None:
-        self.ready = True
-        self.client.send_stanza(Presence())
-        emit('ready', {'jid': str(self.client.get_bound_jid()), 'mechanism': None, 'tls': None})
-        channel = GLib.IOChannel.unix_new(sys.stdin.fileno())
-        self.reader = LineReader(self.on_command)
-        GLib.io_add_watch(channel, GLib.PRIORITY_DEFAULT, GLib.IOCondition.IN | GLib.IOCondition.HUP, self.on_stdin)
-
-    def on_connection_failed(self, _client: Any, _signal: str) -> None:
-        emit('login_failed', {'reason': 'connection failed: %s' % self.error_text()})
-        self.exit_code = EXIT_LOGIN_FAILED
-        self.loop.quit()
-
-    def on_disconnected(self, _client: Any, _signal: str) -> None:
-        if not self.ready:
-            emit('login_failed', {'reason': 'disconnected before session start: %s' % self.error_text()})
-            self.exit_code = EXIT_LOGIN_FAILED
-        elif not self.quitting:
-            log('disconnected unexpectedly: %s' % self.error_text())
-            self.exit_code = EXIT_LOGIN_FAILED
-        else:
-            emit('closed', {})
-        self.loop.quit()
+        self.client.register_handler(StanzaHandler(name='presence', callback=self.on_presence))
 
     # ---- stanzas from rooms ---------------------------------------------
 
@@ -190,18 +119,6 @@ class NbxmppMuc:
 
     # ---- commands: one at a time, in order -------------------------------
 
-    def on_stdin(self, _channel: Any, condition: Any) -> bool:
-        data = os.read(sys.stdin.fileno(), 65536) if condition & GLib.IOCondition.IN else b''
-        if data:
-            self.reader.feed(data)
-            return True
-        self.reader.eof()
-        return False
-
-    def on_command(self, command: dict[str, Any]) -> None:
-        self.commands.append(command)
-        self.next_command()
-
     def next_command(self) -> None:
         if self.busy or not self.commands or self.quitting:
             return
@@ -245,10 +162,6 @@ class NbxmppMuc:
         self.busy = False
         GLib.idle_add(self.idle_next)
 
-    def idle_next(self) -> bool:
-        self.next_command()
-        return False
-
     def on_roominfo(self, task: Any) -> None:
         try:
             info = task.finish()
@@ -266,16 +179,5 @@ class NbxmppMuc:
         self.done()
 
 
-def main() -> None:
-    args = parse_args('nbxmpp MUC interop client')
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, stream=sys.stderr)
-    try:
-        code = NbxmppMuc(args).start()
-    except KeyboardInterrupt:
-        code = EXIT_USAGE
-    sys.stdout.flush()
-    os._exit(code)
-
-
 if __name__ == '__main__':
-    main()
+    run_script('nbxmpp MUC interop client', NbxmppMuc)

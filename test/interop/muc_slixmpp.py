@@ -28,34 +28,19 @@ Commands on stdin, besides quit:
 """
 
 import asyncio
-import logging
-import os
-import sys
 from typing import Any
 
-from interop_common import (EXIT_LOGIN_FAILED, EXIT_OK, EXIT_USAGE, EXIT_WATCHDOG,
-                            LineReader, die, emit, log, parse_args, require)
+from interop_common import (EXIT_LOGIN_FAILED, await_login, close_stream, connect_starttls, die, emit, log,
+                            read_commands, require, run_main, slixmpp_client, start_asyncio)
 
 require('slixmpp', 'python3-slixmpp')
 
-from slixmpp import JID, ClientXMPP  # noqa: E402
+from slixmpp import JID  # noqa: E402
 from slixmpp.exceptions import IqError, IqTimeout, PresenceError  # noqa: E402
 
 IQ_TIMEOUT = 20
 NS_DELAY = 'urn:xmpp:delay'
 NS_SID = 'urn:xmpp:sid:0'
-
-
-class StdinProtocol(asyncio.Protocol):
-    def __init__(self, reader: LineReader) -> None:
-        self._reader = reader
-
-    def data_received(self, data: bytes) -> None:
-        self._reader.feed(data)
-
-    def eof_received(self) -> bool:
-        self._reader.eof()
-        return False
 
 
 def error_text(error: BaseException) -> str:
@@ -107,15 +92,9 @@ def form_values(form: Any) -> dict[str, Any]:
 
 
 async def run() -> int:
-    args = parse_args('slixmpp MUC interop client')
-    if args.debug:
-        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
-    loop = asyncio.get_running_loop()
-    loop.call_later(args.timeout, lambda: die(EXIT_WATCHDOG, 'watchdog: still running after %ss' % args.timeout))
+    args, loop = start_asyncio('slixmpp MUC interop client')
 
-    xmpp = ClientXMPP(args.jid, args.password, sasl_mech=args.mech)
-    xmpp.ca_certs = args.cafile
-    xmpp.use_ipv6 = False
+    xmpp = slixmpp_client(args)
     for plugin in ('xep_0030', 'xep_0004', 'xep_0045', 'xep_0203'):
         xmpp.register_plugin(plugin)
 
@@ -154,20 +133,12 @@ async def run() -> int:
     xmpp.add_event_handler('groupchat_presence', lambda p: emit('presence', presence_info(p)))
     xmpp.add_event_handler('groupchat_message', lambda m: emit('groupchat', message_info(m)))
 
-    xmpp.connect(address=(args.host, args.port), force_starttls=True, disable_starttls=False, use_ssl=False)
-    try:
-        await ready
-    except RuntimeError as error:
-        emit('login_failed', {'reason': str(error)})
-        try:
-            await asyncio.wait_for(gone.wait(), timeout=5)
-        except asyncio.TimeoutError:
-            pass
+    connect_starttls(xmpp, args)
+    if not await await_login(ready, gone):
         return EXIT_LOGIN_FAILED
 
     emit('ready', {'jid': str(xmpp.boundjid), 'mechanism': xmpp['feature_mechanisms'].mech.name, 'tls': None})
-    reader = LineReader(commands.put_nowait)
-    await loop.connect_read_pipe(lambda: StdinProtocol(reader), sys.stdin)
+    await read_commands(loop, commands)
     muc = xmpp['xep_0045']
 
     async def join(command: dict[str, Any]) -> None:
@@ -257,19 +228,8 @@ async def run() -> int:
             log('unknown command %r' % name)
 
     state['quitting'] = True
-    await asyncio.wait_for(xmpp.disconnect(wait=2.0), timeout=10)
-    emit('closed', {})
-    return EXIT_OK
-
-
-def main() -> None:
-    try:
-        code = asyncio.run(run())
-    except KeyboardInterrupt:
-        code = EXIT_USAGE
-    sys.stdout.flush()
-    os._exit(code)
+    return await close_stream(xmpp)
 
 
 if __name__ == '__main__':
-    main()
+    run_main(run)
