@@ -21,8 +21,10 @@
 // current presence, and probes contacts the user is subscribed to, whose
 // presence was dropped while the block lasted.
 //
-// FIXME(cluster): the cache and the "interested resource" marks are local to
-// the node, as in the roster module.
+// In a cluster each node caches the lists of its own users' sessions; a change
+// is broadcast so the other nodes drop their copy.
+// FIXME(cluster): a node that reads a list while another saves it may cache
+// the old one after the broadcast passed; a version stamp would close that.
 import { randomBytes } from 'node:crypto';
 import { Element } from 'ltx';
 import { z } from 'zod';
@@ -83,7 +85,7 @@ export default defineModule({
     const maxItems = ctx.options.max_items;
     const cache = new Map<string, Set<string>>();
     /** Sessions that asked for the block list: they get pushes (section 3.3). */
-    const interested = new WeakSet<Session>();
+    const INTERESTED = 'blocking:interested';
 
     const bareOf = (user: string) => `${user}@${ctx.host}`;
 
@@ -103,6 +105,7 @@ export default defineModule({
 
     async function save(user: string, list: Set<string>): Promise<void> {
       await store.set(user, list.size ? [...list] : null);
+      ctx.cluster.broadcast(user);
       if (cache.has(user) || (await ctx.sessions.resources(bareOf(user))).length > 0) cache.set(user, list);
     }
 
@@ -111,6 +114,9 @@ export default defineModule({
       if (!jid.local && !jid.isFull && jid.domain === ctx.host) return false; // nor their own server
       return after(listOf(user), (list) => matches(list, jid));
     };
+    ctx.cluster.onBroadcast((user) => {
+      if (typeof user === 'string') cache.delete(user);
+    });
     checksByHost.set(ctx.host, blocks);
     ctx.onUnload(() => {
       if (checksByHost.get(ctx.host) === blocks) checksByHost.delete(ctx.host);
@@ -250,7 +256,7 @@ export default defineModule({
 
     async function push(user: string, payload: Element): Promise<void> {
       for (const session of await ctx.sessions.resources(bareOf(user))) {
-        if (!interested.has(session)) continue;
+        if (session.getShared(INTERESTED) !== true) continue;
         const iq = new Element('iq', {
           type: 'set',
           id: `block-${randomBytes(6).toString('base64url')}`,
@@ -321,7 +327,7 @@ export default defineModule({
       'blocklist',
       (ev) =>
         after(listOf(ev.from.local), (list) => {
-          if (ev.origin) interested.add(ev.origin);
+          if (ev.origin && ev.origin.getShared(INTERESTED) !== true) ev.origin.setShared(INTERESTED, true);
           ev.reply(itemsElement('blocklist', list));
           return true;
         }),

@@ -87,7 +87,8 @@ export default defineModule({
     },
   ],
   setup(ctx) {
-    const enabled = new WeakSet<Session>();
+    // A shared fact, so that nodes of a cluster copy to sessions of other nodes too.
+    const ENABLED = 'carbons:enabled';
     ctx.addFeature(NS_CARBONS);
 
     for (const [name, on] of [
@@ -105,8 +106,7 @@ export default defineModule({
             return true;
           }
           // Repeated requests are not errors (section 10.1).
-          if (on) enabled.add(origin);
-          else enabled.delete(origin);
+          origin.setShared(ENABLED, on ? true : undefined);
           reply();
           return true;
         },
@@ -123,7 +123,7 @@ export default defineModule({
       sessions: Session[],
     ): void {
       for (const s of sessions) {
-        if (skip.has(s) || !s.available || !enabled.has(s)) continue;
+        if (skip.has(s) || !s.available || s.getShared(ENABLED) !== true) continue;
         s.send(wrap(direction, original, bare, s.jid.toString()));
       }
     }

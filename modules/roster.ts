@@ -12,16 +12,17 @@
 // (serialize()), on this node. The presence module processes subscription
 // and presence stanzas for a user in the same queue, which also keeps the
 // order of pushes and presence deliveries what the RFC examples show.
-// FIXME(cluster): the queue and the "interested resource" marks are local to
-// the node; a cluster needs them in the session directory and a store-level
-// compare-and-set.
+// Resources that asked for the roster carry the shared fact 'roster:interested'
+// (in the session directory, so pushes reach them from any cluster node).
+// FIXME(cluster): the queue is local to the node; two nodes changing one
+// user's roster at the same moment need a store-level compare-and-set.
+const INTERESTED = 'roster:interested';
 import { randomBytes } from 'node:crypto';
 import { Element } from 'ltx';
 import { z } from 'zod';
 import { Jid } from '../src/jid.ts';
 import { defineModule } from '../src/modules/api.ts';
 import type { IqEvent } from '../src/router/events.ts';
-import type { Session } from '../src/session/session.ts';
 import { childElements } from '../src/stanza.ts';
 import type { JsonValue } from '../src/storage/types.ts';
 import { KeyedQueue } from '../src/util/keyed-queue.ts';
@@ -134,7 +135,6 @@ export default defineModule({
   setup(ctx): RosterApi {
     const store = ctx.storage.map<JsonValue>('roster');
     const queue = new KeyedQueue();
-    const interested = new WeakSet<Session>();
     const removeListeners: RemoveListener[] = [];
     const { max_items: maxItems, max_name_length: maxName, max_group_length: maxGroup } = ctx.options;
 
@@ -159,7 +159,7 @@ export default defineModule({
     async function push(user: string, contact: string, value: RosterItem | null, ver: string) {
       const sessions = await ctx.sessions.resources(bareOf(user));
       for (const session of sessions) {
-        if (!interested.has(session)) continue;
+        if (session.getShared(INTERESTED) !== true) continue;
         const iq = new Element('iq', {
           type: 'set',
           id: `push-${randomBytes(6).toString('base64url')}`,
@@ -202,7 +202,7 @@ export default defineModule({
         serialize(ev.from.local, async () => {
           const user = ev.from.local;
           const version = versionString(decodeVersion(await store.get(user, VERSION_KEY)));
-          if (ev.origin) interested.add(ev.origin);
+          if (ev.origin && ev.origin.getShared(INTERESTED) !== true) ev.origin.setShared(INTERESTED, true);
           const clientVer = ev.payload.attrs.ver as string | undefined;
           // XEP-0237: the client's cache is current; changes come as pushes.
           if (clientVer !== undefined && clientVer === version) {

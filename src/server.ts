@@ -1,10 +1,12 @@
 // The server: configuration, storage, certificates, hosts with their
 // modules, the router and the listeners, with start, reload and stop.
 import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
 import { createServer as createTcpServer, type Server as NetServer, type Socket } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
 import type { Element } from 'ltx';
 import { InProcessDirectory, type SessionDirectory } from './cluster/directory.ts';
+import { RedisCluster } from './cluster/redis-cluster.ts';
 import { modulesForHost, type ChorusConfig, type ListenerConfig } from './config/index.ts';
 import { Host } from './host.ts';
 import { createLogger, type Logger } from './log.ts';
@@ -46,7 +48,10 @@ export interface BoundListener {
 export class Server implements C2SEnvironment {
   readonly hosts = new Map<string, Host>();
   readonly streams = new Set<C2SStream>();
-  readonly directory: SessionDirectory = new InProcessDirectory();
+  directory: SessionDirectory = new InProcessDirectory();
+  /** Set when the node is part of a cluster (cluster.redis_url). */
+  cluster: RedisCluster | null = null;
+  private metricsTimer: NodeJS.Timeout | null = null;
   readonly router: Router;
   readonly certs: CertificateStore;
   readonly accounts: Accounts;
@@ -84,6 +89,7 @@ export class Server implements C2SEnvironment {
   async start(): Promise<void> {
     await this.loadServerSecrets();
     await this.certs.load(this.certSources(), this.config.certs.dir);
+    if (this.config.cluster.redis_url) await this.joinCluster(this.config.cluster.redis_url);
     for (const hostConfig of this.config.hosts) await this.addHost(hostConfig.domain);
     for (const listener of this.config.listeners) this.listeners.push(await this.listen(listener));
     this.log.info(
@@ -93,6 +99,44 @@ export class Server implements C2SEnvironment {
       },
       'Chorus is ready',
     );
+  }
+
+  /** Switches to the Redis session directory and node bus; before any module loads. */
+  private async joinCluster(redisUrl: string): Promise<void> {
+    const { cluster: conf } = this.config;
+    const cluster = await RedisCluster.start({
+      nodeId: conf.node_id ?? `${hostname()}-${process.pid}`,
+      redisUrl,
+      prefix: conf.prefix,
+      heartbeatMs: conf.heartbeat_ms,
+      ...(conf.node_ttl_ms !== undefined ? { nodeTtlMs: conf.node_ttl_ms } : {}),
+      log: this.log,
+    });
+    cluster.setHandlers({
+      reroute: (stanza) => this.logRouting(this.router.route(stanza)),
+      route: (stanza) => this.logRouting(this.router.route(stanza, null, true)),
+    });
+    this.cluster = cluster;
+    this.directory = cluster;
+    this.router.useDirectory(cluster, (stanza, to) => {
+      const owner = cluster.ownerOf(to.bareString());
+      if (owner === cluster.nodeId) return false;
+      cluster.forward(owner, stanza);
+      return true;
+    });
+    if (conf.metrics_log_seconds > 0) {
+      this.metricsTimer = setInterval(
+        () => this.log.info({ ...cluster.metrics(true), router: this.router.counters }, 'cluster metrics'),
+        conf.metrics_log_seconds * 1000,
+      );
+      this.metricsTimer.unref();
+    }
+  }
+
+  private logRouting(result: void | Promise<void>): void {
+    if (result instanceof Promise) {
+      result.catch((err: unknown) => this.log.error({ err }, 'routing a stanza failed'));
+    }
   }
 
   /**
@@ -179,6 +223,7 @@ export class Server implements C2SEnvironment {
       log: this.log,
       storage: this.storage,
       sessions,
+      cluster: this.cluster,
       accountsFor: (host: string): AccountService => ({
         exists: (u) => this.accounts.exists(host, u),
         create: (u, p) => this.accounts.create(host, u, p),
@@ -199,14 +244,9 @@ export class Server implements C2SEnvironment {
           },
         };
       },
-      route: (stanza: Element) => {
-        // A module's send() is fire-and-forget: a failing handler downstream
-        // is logged here, never left as an unhandled rejection.
-        const routed = this.router.route(stanza, null);
-        if (routed instanceof Promise) {
-          routed.catch((err: unknown) => this.log.error({ err }, 'routing a module stanza failed'));
-        }
-      },
+      // A module's send() is fire-and-forget: a failing handler downstream
+      // is logged, never left as an unhandled rejection.
+      route: (stanza: Element) => this.logRouting(this.router.route(stanza, null)),
     };
   }
 
@@ -323,6 +363,8 @@ export class Server implements C2SEnvironment {
     );
     for (const domain of [...this.hosts.keys()]) await this.unloadHostModules(domain);
     for (const host of this.hosts.values()) host.cancelPendingIqs();
+    if (this.metricsTimer) clearInterval(this.metricsTimer);
+    await this.cluster?.stop();
     await this.storage.flush();
     await this.storage.close();
     // Give sockets a moment to flush their closing tags, then stop waiting.

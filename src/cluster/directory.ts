@@ -19,6 +19,11 @@ export interface SessionDirectory {
   get(fullJid: string): MaybePromise<Session | undefined>;
   /** All sessions of a bare JID. */
   resources(bareJid: string): MaybePromise<Session[]>;
+  /**
+   * A bound session's availability, priority, presence, connection or
+   * shared facts changed. A distributed directory republishes its entry.
+   */
+  sessionChanged?(session: Session): void;
   /** Number of sessions known to this node. */
   readonly size: number;
   all(): Iterable<Session>;

@@ -182,6 +182,49 @@ const sessionsSchema = section({
   conflict: oneOf(['replace_old', 'refuse_new']).prefault('replace_old'),
 });
 
+const clusterSchema = section({
+  /**
+   * Redis URL of the session routing table and node bus (redis://host:port/db).
+   * Unset: a single node with its in-process session table.
+   */
+  redis_url: z
+    .string({ error: 'must be a Redis URL such as redis://127.0.0.1:6379' })
+    .regex(/^rediss?:\/\/./, { error: 'must be a Redis URL such as redis://127.0.0.1:6379' })
+    .optional(),
+  /** This node's name, unique in the cluster. Default: the host name and process id. */
+  node_id: z
+    .string({ error: 'must be a node name of letters, digits, dot, dash or underscore' })
+    .regex(/^[A-Za-z0-9._-]{1,64}$/, {
+      error: 'must be a node name of letters, digits, dot, dash or underscore',
+    })
+    .optional(),
+  /** Prefix of every Redis key and channel, so that clusters can share a Redis. */
+  prefix: nonEmptyString().prefault('chorus:'),
+  /** Worker processes `chorus start` runs on this machine, sharing the listening ports (needs redis_url when above 1). */
+  workers: intBetween(1, 256).prefault(1),
+  /** How often a node renews its heartbeat in Redis, in milliseconds. */
+  heartbeat_ms: intBetween(50, 60_000).prefault(2000),
+  /** A node whose heartbeat is this old is dead: its sessions are removed. Default: 3 heartbeats. */
+  node_ttl_ms: intBetween(150, 600_000).optional(),
+  /** Log the node's routing metrics this often, in seconds (0: never). */
+  metrics_log_seconds: intBetween(0).prefault(60),
+}).superRefine((cluster, ctx) => {
+  if (cluster.workers > 1 && !cluster.redis_url) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['workers'],
+      message: `needs cluster.redis_url: workers share sessions through Redis (got ${cluster.workers} workers)`,
+    });
+  }
+  if (cluster.node_ttl_ms !== undefined && cluster.node_ttl_ms <= cluster.heartbeat_ms) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['node_ttl_ms'],
+      message: `must be longer than cluster.heartbeat_ms (${cluster.heartbeat_ms}), got ${cluster.node_ttl_ms}`,
+    });
+  }
+});
+
 const logSchema = section({
   level: oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).prefault('info'),
   /** `auto` is pretty on a terminal and JSON otherwise. */
@@ -238,6 +281,7 @@ export const configSchema = section({
   auth: authSchema.prefault({}),
   limits: limitsSchema.prefault({}),
   sessions: sessionsSchema.prefault({}),
+  cluster: clusterSchema.prefault({}),
   log: logSchema.prefault({}),
 }).superRefine((config, ctx) => {
   const domains = new Map<string, number>();
@@ -283,6 +327,7 @@ export type ThrottleConfig = AuthConfig['throttle'];
 export type LimitsConfig = ChorusConfig['limits'];
 export type SessionsConfig = ChorusConfig['sessions'];
 export type LogConfig = ChorusConfig['log'];
+export type ClusterConfig = ChorusConfig['cluster'];
 
 /** The configuration an empty file yields; a fresh object each call. */
 export function defaultConfig(): ChorusConfig {

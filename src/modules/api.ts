@@ -41,6 +41,22 @@ export interface SessionService {
   get(fullJid: string): Session | undefined | Promise<Session | undefined>;
 }
 
+/**
+ * The module's view of the cluster. On a single node, broadcasts go nowhere.
+ * Modules that cache shared data (stored lists, preferences) broadcast a
+ * change so that their instances on the other nodes drop the stale copy.
+ */
+export interface ClusterService {
+  /** This node's id ('local' when not clustered). */
+  readonly nodeId: string;
+  /** True when this node is part of a cluster. */
+  readonly enabled: boolean;
+  /** Sends `data` to this module's instances (same host) on every other node. */
+  broadcast(data: JsonValue): void;
+  /** Receives what the module's instances on other nodes broadcast. Removed on unload. */
+  onBroadcast(handler: (data: JsonValue, fromNode: string) => void): void;
+}
+
 export interface StorageService {
   keyval<T = JsonValue>(store: string): KeyValStore<T>;
   map<T = JsonValue>(store: string): MapStore<T>;
@@ -83,6 +99,7 @@ export interface ModuleContext<Options> extends DomainHandlers {
   readonly accounts: AccountService;
   readonly sessions: SessionService;
   readonly storage: StorageService;
+  readonly cluster: ClusterService;
 
   /** A disco feature of each account (disco#info to a user's bare JID), e.g. urn:xmpp:mam:2. */
   addAccountFeature(ns: string): void;

@@ -9,9 +9,10 @@ import type { Handler } from '../events.ts';
 import type { Host } from '../host.ts';
 import { DEFAULT_PRIORITY } from '../router/router.ts';
 import type { ChorusEvents, IqEvent } from '../router/events.ts';
-import type { StorageDriver } from '../storage/types.ts';
+import type { JsonValue, StorageDriver } from '../storage/types.ts';
 import type {
   AccountService,
+  ClusterService,
   IqTarget,
   ModuleContext,
   ModuleDefinition,
@@ -30,6 +31,12 @@ export interface ModuleEnvironment {
   accountsFor(host: string): AccountService;
   sessions: SessionService;
   route(stanza: Element): void;
+  /** The cluster bus, when this node is part of a cluster. */
+  cluster?: {
+    readonly nodeId: string;
+    broadcast(topic: string, data: JsonValue): void;
+    onBroadcast(topic: string, handler: (data: JsonValue, fromNode: string) => void): () => void;
+  } | null;
   /** Creates a service host for a subdomain; returns it and a remover. */
   addServiceHost(domain: string): { host: Host; remove(): void };
 }
@@ -159,6 +166,16 @@ export async function loadModule(
     archive: (store) => env.storage.archive(host.domain, store),
   };
 
+  const topic = `${host.domain}/${def.name}`;
+  const cluster: ClusterService = {
+    nodeId: env.cluster?.nodeId ?? 'local',
+    enabled: Boolean(env.cluster),
+    broadcast: (data) => env.cluster?.broadcast(topic, data),
+    onBroadcast(handler) {
+      if (env.cluster) disposers.push(env.cluster.onBroadcast(topic, handler));
+    },
+  };
+
   const ctx: ModuleContext<unknown> = {
     host: host.domain,
     hostJid: host.jid,
@@ -167,6 +184,7 @@ export async function loadModule(
     accounts: env.accountsFor(host.domain),
     sessions: env.sessions,
     storage,
+    cluster,
     hook,
     handleIq: handleIqOn(host),
     addService(domain: string): ServiceContext {

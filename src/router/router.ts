@@ -20,9 +20,17 @@ import {
 import { StreamError } from '../stream/errors.ts';
 import type { AddressKind, IqAddressKind, IqEvent, StanzaEvent } from './events.ts';
 
+/**
+ * Service affinity in a cluster: stanzas to a module's service (a MUC room,
+ * say) are handled on one node per address, whose in-memory state is the
+ * truth. Returns true when the stanza was sent to the owning node.
+ */
+export type ForwardToOwner = (stanza: Element, to: Jid) => boolean;
+
 export interface RouterDeps {
   hosts: ReadonlyMap<string, Host>;
   directory: SessionDirectory;
+  forwardToOwner?: ForwardToOwner | null;
   userExists(host: string, username: string): Promise<boolean>;
   log: Logger;
 }
@@ -78,7 +86,7 @@ export class Router {
         return;
       }
     } else if (stanza.name === 'presence' && toAttr === undefined) {
-      trackAvailability(session, stanza);
+      if (trackAvailability(session, stanza)) this.deps.directory.sessionChanged?.(session);
     }
 
     const host = this.deps.hosts.get(session.host);
@@ -88,8 +96,18 @@ export class Router {
     return after(pre, (handled) => (handled ? undefined : this.dispatch(stanza, session, session.jid, to)));
   }
 
-  /** Routes a stanza whose `from` is already trusted (server-made, or stamped). */
-  route(stanza: Element, origin: Session | null = null): Result {
+  /** Switches to another session directory (when the node joins a cluster). */
+  useDirectory(directory: SessionDirectory, forwardToOwner: ForwardToOwner | null): void {
+    this.deps.directory = directory;
+    this.deps.forwardToOwner = forwardToOwner;
+  }
+
+  /**
+   * Routes a stanza whose `from` is already trusted (server-made, or stamped).
+   * `here`: handle it on this node even if another owns its service address
+   * (it was forwarded here by the node that thought this one owns it).
+   */
+  route(stanza: Element, origin: Session | null = null, here = false): Result {
     const from = Jid.tryParse(stanza.attrs.from ?? '');
     const to = Jid.tryParse(stanza.attrs.to ?? '');
     if (!from || !to) {
@@ -100,12 +118,13 @@ export class Router {
       this.counters.dropped++;
       return;
     }
-    return this.dispatch(stanza, origin, from, to);
+    return this.dispatch(stanza, origin, from, to, here);
   }
 
-  private dispatch(stanza: Element, origin: Session | null, from: Jid, to: Jid): Result {
+  private dispatch(stanza: Element, origin: Session | null, from: Jid, to: Jid, here = false): Result {
     this.counters.routed++;
     const host = this.deps.hosts.get(to.domain);
+    if (host?.kind === 'service' && !here && this.deps.forwardToOwner?.(stanza, to)) return;
     const event: StanzaEvent = { stanza, origin, from, to, host: to.domain };
     if (!host) {
       const originHost = this.deps.hosts.get(origin?.host ?? from.domain);
@@ -336,8 +355,8 @@ export function addressKind(to: Jid): AddressKind {
   return to.resource ? 'full' : 'bare';
 }
 
-/** RFC 6121 4.2/4.4: broadcast presence makes a session available or not. */
-function trackAvailability(session: Session, presence: Element): void {
+/** RFC 6121 4.2/4.4: broadcast presence makes a session available or not; true if it did. */
+function trackAvailability(session: Session, presence: Element): boolean {
   const type = presence.attrs.type;
   if (type === undefined) {
     session.available = true;
@@ -345,10 +364,14 @@ function trackAvailability(session: Session, presence: Element): void {
     const priority = text === null ? 0 : Number.parseInt(text, 10);
     session.priority = Number.isFinite(priority) ? Math.max(-128, Math.min(127, priority)) : 0;
     session.presence = presence;
-  } else if (type === 'unavailable') {
+    return true;
+  }
+  if (type === 'unavailable') {
     session.available = false;
     session.presence = null;
+    return true;
   }
+  return false;
 }
 
 function ignore(value: boolean | Promise<boolean>): Result {

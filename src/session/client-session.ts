@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import type { SessionDirectory } from '../cluster/directory.ts';
 import type { Host } from '../host.ts';
 import type { Jid } from '../jid.ts';
+import type { JsonValue } from '../storage/types.ts';
 import type { StreamErrorCondition } from '../stream/errors.ts';
 import type { SendFilter, SendFilterHandle, Session } from './session.ts';
 
@@ -40,6 +41,7 @@ export class ClientSession implements Session {
   /** One object per registration, so that release() finds its own place in the chain. */
   private readonly sendFilters: { filter: SendFilter }[] = [];
   private endPromise: Promise<void> | null = null;
+  private readonly shared = new Map<string, JsonValue>();
 
   constructor(
     readonly jid: Jid,
@@ -77,6 +79,24 @@ export class ClientSession implements Session {
   /** Settles once the session has ended and resource-unbind handlers ran. */
   get ended(): Promise<void> {
     return this.endPromise ?? Promise.resolve();
+  }
+
+  getShared(key: string): JsonValue | undefined {
+    return this.shared.get(key);
+  }
+
+  setShared(key: string, value: JsonValue | undefined): void {
+    if (value === undefined) {
+      if (!this.shared.delete(key)) return;
+    } else {
+      this.shared.set(key, value);
+    }
+    if (!this.endPromise) this.directory.sessionChanged?.(this);
+  }
+
+  /** Every shared fact, for the session directory. */
+  sharedFacts(): Record<string, JsonValue> {
+    return Object.fromEntries(this.shared);
   }
 
   send(stanza: Element): void {
@@ -144,6 +164,7 @@ export class ClientSession implements Session {
       const decide = () => {
         if (held) {
           this.connection = null;
+          this.directory.sessionChanged?.(this);
           this.log.info({ jid: this.jid.toString() }, 'connection lost; session held for resumption');
           return this.ended;
         }
@@ -161,6 +182,7 @@ export class ClientSession implements Session {
     this.lastSecure = connection.secure;
     this.lastAddress = connection.remoteAddress;
     previous?.abandon('conflict', 'The session was resumed on another connection');
+    if (!previous) this.directory.sessionChanged?.(this);
   }
 
   /** Ends the session: unbinds it and tells the modules. */

@@ -2,6 +2,7 @@
 // (src/stream/c2s.ts) implements it; modules and the router only use this.
 import type { Element } from 'ltx';
 import type { Jid } from '../jid.ts';
+import type { JsonValue } from '../storage/types.ts';
 import type { StreamErrorCondition } from '../stream/errors.ts';
 
 /** Facts about a stream, available before and after authentication. */
@@ -55,6 +56,16 @@ export interface Session {
   readonly connected: boolean;
   /** Stanzas received from the client since binding (for acknowledgement counting). */
   readonly stanzasIn: number;
+  /**
+   * Small per-session facts that modules on other cluster nodes need when
+   * they route to this session (carbons enabled, roster requested, ...).
+   * Setting one on a local session publishes it to the session directory;
+   * a session of another node only reads them. Keys are namespaced by the
+   * module that owns them, e.g. 'carbons:enabled'.
+   */
+  getShared(key: string): JsonValue | undefined;
+  /** Sets (or with undefined removes) a shared fact; local sessions only. */
+  setShared(key: string, value: JsonValue | undefined): void;
   /** Delivers a stanza to the client (or to the send listeners while no connection carries it). */
   send(stanza: Element): void;
   /** Writes a non-stanza element to the current connection, if any. */

@@ -73,6 +73,7 @@ function expectedDefaults(cwd: string): ChorusConfig {
       bytes_per_second: 262144,
     },
     sessions: { conflict: 'replace_old' },
+    cluster: { prefix: 'chorus:', workers: 1, heartbeat_ms: 2000, metrics_log_seconds: 60 },
     log: { level: 'info', format: 'auto' },
   };
 }

@@ -23,6 +23,7 @@ import {
 import { Router } from '../../src/router/router.ts';
 import type { SendFilterHandle, Session } from '../../src/session/session.ts';
 import { MemoryDriver } from '../../src/storage/memory.ts';
+import type { JsonValue } from '../../src/storage/types.ts';
 import { startTestServer } from '../helpers/server.ts';
 
 const DOMAIN = 'example.test';
@@ -73,6 +74,17 @@ class FakeSession implements Session {
   constructor(readonly jid: Jid) {
     this.id = `fake-${jid.toString()}`;
     this.host = jid.domain;
+  }
+
+  private readonly shared = new Map<string, JsonValue>();
+
+  getShared(key: string): JsonValue | undefined {
+    return this.shared.get(key);
+  }
+
+  setShared(key: string, value: JsonValue | undefined): void {
+    if (value === undefined) this.shared.delete(key);
+    else this.shared.set(key, value);
   }
 
   send(stanza: Element): void {

@@ -1,0 +1,217 @@
+// Cluster mode with real parts: a redis-server and Chorus nodes as separate
+// processes sharing it and one SQLite file. Each client connects to the node
+// a test chooses; what they see must be what one server would show.
+import { expect } from 'chai';
+import { Redis } from 'ioredis';
+import { startCluster, type TestCluster } from '../helpers/cluster.ts';
+import { available, fetchRoster } from '../helpers/fixtures.ts';
+import { redisMissing } from '../helpers/redis.ts';
+import { XmppClient } from '../helpers/xmpp-client.ts';
+
+const PASSWORD = 'cluster-test-pw';
+const USERS = ['alice', 'bob', 'carol', 'dave', 'erin', 'frank', 'grace', 'heidi', 'ivan', 'judy'];
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+describe('cluster: nodes sharing Redis and storage', function () {
+  this.timeout(60_000);
+  let cluster: TestCluster;
+  let redis: Redis;
+  const clients: XmppClient[] = [];
+
+  before(async function () {
+    const missing = redisMissing();
+    if (missing) {
+      // .ci/run installs redis-server, so in CI its absence is a failure.
+      if (process.env.CI) throw new Error(missing);
+      console.log(`      skipped: ${missing}`);
+      this.skip();
+    }
+    cluster = await startCluster({
+      nodes: 2,
+      users: Object.fromEntries(USERS.map((u) => [u, PASSWORD])),
+    });
+    redis = new Redis(cluster.redis.url);
+  });
+
+  after(async () => {
+    redis?.disconnect();
+    await cluster?.stop();
+  });
+
+  afterEach(async () => {
+    await Promise.all(clients.splice(0).map((c) => c.shutdown()));
+  });
+
+  async function login(node: number, user: string, resource = 'r'): Promise<XmppClient> {
+    const c = await XmppClient.connect({
+      port: cluster.nodes[node]!.port,
+      name: `${user}/${resource}@${node}`,
+    });
+    clients.push(c);
+    await c.login(user, PASSWORD, { resource });
+    return c;
+  }
+
+  async function online(node: number, user: string, resource = 'r'): Promise<XmppClient> {
+    const c = await login(node, user, resource);
+    await fetchRoster(c);
+    await available(c);
+    return c;
+  }
+
+  /** Mutual presence subscription between two online clients. */
+  async function subscribe(a: XmppClient, b: XmppClient): Promise<void> {
+    const aJid = a.jid!.split('/')[0]!;
+    const bJid = b.jid!.split('/')[0]!;
+    for (const [x, y, xJid, yJid] of [
+      [a, b, aJid, bJid],
+      [b, a, bJid, aJid],
+    ] as const) {
+      x.send(`<presence to='${yJid}' type='subscribe'/>`);
+      await expectEventually(y, `<presence from='${xJid}' type='subscribe'/>`);
+      y.send(`<presence to='${xJid}' type='subscribed'/>`);
+      await expectEventually(x, `<presence from='${y.jid}'/>`);
+    }
+  }
+
+  /** Reads every stanza until `pattern` matches (pushes and presence may come first). */
+  async function expectEventually(c: XmppClient, pattern: string, timeoutMs = 5000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    let last = '';
+    while (Date.now() < deadline) {
+      const event = await c.next(deadline - Date.now()).catch(() => null);
+      if (!event) break;
+      if (event.kind === 'element') {
+        if (c.check(pattern, event.element) === null) return;
+        last = event.element.toString();
+      }
+    }
+    throw new Error(`${c.name}: never got ${pattern} (last: ${last})`);
+  }
+
+  it('registers each node and lists its sessions in the directory', async () => {
+    const a = await login(0, 'alice', 'laptop');
+    await login(1, 'alice', 'phone');
+    const entries = await redis.hgetall('chorus:u:alice@localhost');
+    expect(Object.keys(entries).sort()).to.deep.equal(['laptop', 'phone']);
+    expect(JSON.parse(entries.laptop!).n).to.equal('a');
+    expect(JSON.parse(entries.phone!).n).to.equal('b');
+    expect(await redis.sismember('chorus:n:a', 'alice@localhost/laptop')).to.equal(1);
+    await a.close();
+    clients.splice(clients.indexOf(a), 1);
+    // Ending the session removes its entry and its per-node index mark.
+    for (let i = 0; i < 50 && (await redis.hexists('chorus:u:alice@localhost', 'laptop')); i++)
+      await sleep(20);
+    expect(await redis.hexists('chorus:u:alice@localhost', 'laptop')).to.equal(0);
+    expect(await redis.sismember('chorus:n:a', 'alice@localhost/laptop')).to.equal(0);
+  });
+
+  it('delivers a message from a client on node A to a client on node B, in order', async () => {
+    const bob = await online(0, 'bob');
+    const carol = await online(1, 'carol');
+    for (let i = 0; i < 20; i++) {
+      bob.send(`<message to='carol@localhost' type='chat' id='m${i}'><body>hello ${i}</body></message>`);
+    }
+    for (let i = 0; i < 20; i++) {
+      await carol.expect(
+        `<message from='${bob.jid}' type='chat' id='m${i}'><body>hello ${i}</body></message>`,
+      );
+    }
+    // And back, to the full JID.
+    carol.send(`<message to='${bob.jid}' type='chat' id='back'><body>hi bob</body></message>`);
+    await bob.expect(`<message from='${carol.jid}' id='back'><body>hi bob</body></message>`);
+  });
+
+  it('answers an IQ to a full JID on another node, and bounces one to a missing resource', async () => {
+    const dave = await online(0, 'dave');
+    const erin = await online(1, 'erin');
+    dave.send(`<iq type='get' to='${erin.jid}' id='q1'><query xmlns='urn:example:x'/></iq>`);
+    const iq = await erin.expect(`<iq type='get' from='${dave.jid}' id='q1'/>`);
+    expect(iq.attrs.to).to.equal(erin.jid);
+    erin.send(`<iq type='result' to='${dave.jid}' id='q1'/>`);
+    await dave.expect(`<iq type='result' from='${erin.jid}' id='q1'/>`);
+    dave.send(`<iq type='get' to='erin@localhost/nowhere' id='q2'><query xmlns='urn:example:x'/></iq>`);
+    await dave.expect(
+      `<iq type='error' id='q2'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>`,
+    );
+  });
+
+  it('broadcasts presence to contacts on other nodes and answers probes across nodes', async () => {
+    const frank = await online(0, 'frank');
+    const grace = await online(1, 'grace');
+    await subscribe(frank, grace);
+    frank.send(`<presence><show>away</show><status>lunch</status></presence>`);
+    await expectEventually(
+      grace,
+      `<presence from='${frank.jid}'><show>away</show><status>lunch</status></presence>`,
+    );
+    // A new device of grace on node A learns frank's presence (on node A) and
+    // a new device of frank on node B learns grace's (on node B) by probes.
+    const grace2 = await login(0, 'grace', 'second');
+    grace2.send('<presence/>');
+    await expectEventually(grace2, `<presence from='${frank.jid}'><show>away</show></presence>`);
+    const frank2 = await login(1, 'frank', 'second');
+    frank2.send('<presence/>');
+    await expectEventually(frank2, `<presence from='${grace.jid}'/>`);
+    // Unavailable crosses nodes too.
+    grace.send(`<presence type='unavailable'/>`);
+    await expectEventually(frank, `<presence from='${grace.jid}' type='unavailable'/>`);
+  });
+
+  it('copies messages to carbons-enabled devices on other nodes', async () => {
+    const heidi = await online(0, 'heidi', 'desk');
+    const heidiPhone = await online(1, 'heidi', 'phone');
+    const ivan = await online(1, 'ivan');
+    for (const c of [heidi, heidiPhone]) {
+      c.send(`<iq type='set' id='cb'><enable xmlns='urn:xmpp:carbons:2'/></iq>`);
+      await expectEventually(c, `<iq type='result' id='cb'/>`);
+    }
+    heidi.send(`<message to='${ivan.jid}' type='chat' id='c1'><body>sent from desk</body></message>`);
+    await expectEventually(
+      heidiPhone,
+      `<message from='heidi@localhost' to='${heidiPhone.jid}'><sent xmlns='urn:xmpp:carbons:2'/></message>`,
+    );
+    ivan.send(`<message to='${heidiPhone.jid}' type='chat' id='c2'><body>to the phone</body></message>`);
+    await expectEventually(
+      heidi,
+      `<message from='heidi@localhost' to='${heidi.jid}'><received xmlns='urn:xmpp:carbons:2'/></message>`,
+    );
+  });
+
+  it('leaves exactly one session when the same resource binds on two nodes', async () => {
+    const first = await login(0, 'judy', 'same');
+    const second = await login(1, 'judy', 'same');
+    await first.expectStreamError('conflict', 5000);
+    clients.splice(clients.indexOf(first), 1);
+    const entries = await redis.hgetall('chorus:u:judy@localhost');
+    expect(Object.keys(entries)).to.deep.equal(['same']);
+    expect(JSON.parse(entries.same!).n).to.equal('b');
+    // The survivor is reachable from node A.
+    const bob = await online(0, 'bob', 'x');
+    bob.send(`<message to='${second.jid}' id='s1'><body>still there?</body></message>`);
+    await expectEventually(second, `<message id='s1'><body>still there?</body></message>`);
+  });
+
+  it('binds one of two simultaneous logins with the same resource on two nodes, under any interleaving', async () => {
+    for (let round = 0; round < 5; round++) {
+      const [x, y] = await Promise.all([
+        XmppClient.connect({ port: cluster.nodes[0]!.port, name: `race-a${round}` }),
+        XmppClient.connect({ port: cluster.nodes[1]!.port, name: `race-b${round}` }),
+      ]);
+      clients.push(x, y);
+      const resource = `race${round}`;
+      await Promise.all([x.login('erin', PASSWORD, { resource }), y.login('erin', PASSWORD, { resource })]);
+      // replace_old: one of the two is told it was replaced, the other stays.
+      await sleep(300);
+      const entries = await redis.hgetall('chorus:u:erin@localhost');
+      expect(Object.keys(entries).filter((r) => r === `race${round}`)).to.have.length(1);
+      const survivor = JSON.parse(entries[`race${round}`]!).n === 'a' ? x : y;
+      const loser = survivor === x ? y : x;
+      await loser.expectStreamError('conflict', 5000);
+      clients.splice(clients.indexOf(loser), 1);
+    }
+  });
+});
