@@ -84,7 +84,12 @@ function getList(muc: MucService, ev: IqEvent): boolean {
     for (const [bare, a] of room.affiliations) {
       if (a !== affiliation) continue;
       const present = room.byBare(bare);
-      query.c('item', { jid: bare, affiliation: a, nick: present?.nick, role: present?.role });
+      query.c('item', {
+        jid: bare,
+        affiliation: a,
+        nick: present?.nick ?? room.reservedNick(bare),
+        role: present?.role,
+      });
     }
   } else {
     ev.error('bad-request', {
@@ -204,10 +209,27 @@ async function apply(muc: MucService, room: Room, change: Change, actor: string 
       return;
     }
     target.role = role;
+    // A visitor given voice (or having it taken) may ask again later (voice.ts).
+    room.voiceRequests.delete(target.bare);
     muc.broadcastPresence(room, target, { item: { reason, actor } });
     return;
   }
   const { bare, affiliation, reason } = change;
+  await applyAffiliation(muc, room, bare, affiliation, { reason, actor });
+}
+
+/**
+ * Sets an affiliation and shows its effect on the person's occupant, if in
+ * the room: banned (301), removed from a members-only room (321), or new
+ * presence with the new affiliation and role. The caller saves the room.
+ */
+export async function applyAffiliation(
+  muc: MucService,
+  room: Room,
+  bare: string,
+  affiliation: Affiliation,
+  { reason, actor }: { reason?: string; actor?: string } = {},
+): Promise<void> {
   room.setAffiliation(bare, affiliation);
   for (const occupant of [...room.occupants.values()].filter((o) => o.bare === bare)) {
     if (affiliation === 'outcast') {

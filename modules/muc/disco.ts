@@ -8,7 +8,10 @@ import {
   NS_DISCO_INFO,
   NS_DISCO_ITEMS,
   NS_MUC,
+  NODE_ROOMUSER_ITEM,
   NS_OCCUPANT_ID,
+  NS_REGISTER,
+  NS_REQUEST,
   NS_ROOMINFO,
   NS_SELF_PING_OPT,
 } from './ns.ts';
@@ -63,13 +66,14 @@ export function installDisco(muc: MucService): void {
 }
 
 /** The room, or an item-not-found answer for rooms that do not exist (or are not yet configured). */
-function visibleRoom(muc: MucService, ev: IqEvent): Room | undefined {
+function visibleRoom(muc: MucService, ev: IqEvent, nodes: string[] = []): Room | undefined {
   const room = muc.rooms.get(ev.to.local);
   if (!room || (room.locked && room.affiliation(ev.from.bareString()) !== 'owner')) {
     ev.error('item-not-found', { text: 'No such room' });
     return undefined;
   }
-  if (ev.payload.attrs.node) {
+  const node = ev.payload.attrs.node as string | undefined;
+  if (node && !nodes.includes(node)) {
     ev.error('item-not-found', { text: 'No such node' });
     return undefined;
   }
@@ -77,8 +81,16 @@ function visibleRoom(muc: MucService, ev: IqEvent): Room | undefined {
 }
 
 function roomInfo(muc: MucService, ev: IqEvent): boolean {
-  const room = visibleRoom(muc, ev);
+  const room = visibleRoom(muc, ev, [NODE_ROOMUSER_ITEM]);
   if (!room) return true;
+  if (ev.payload.attrs.node === NODE_ROOMUSER_ITEM) {
+    // 7.12: the sender's registered nick, or an empty answer; also asked by occupants.
+    const query = new Element('query', { xmlns: NS_DISCO_INFO, node: NODE_ROOMUSER_ITEM });
+    const nick = room.reservedNick(ev.from.bareString());
+    if (nick !== undefined) query.c('identity', { category: 'conference', type: 'text', name: nick });
+    ev.reply(query);
+    return true;
+  }
   const c = room.config;
   const query = new Element('query', { xmlns: NS_DISCO_INFO });
   query.c('identity', { category: 'conference', type: 'text', name: c.name || room.name });
@@ -87,6 +99,8 @@ function roomInfo(muc: MucService, ev: IqEvent): boolean {
     NS_MUC,
     NS_OCCUPANT_ID,
     NS_SELF_PING_OPT,
+    NS_REGISTER,
+    NS_REQUEST,
     'http://jabber.org/protocol/muc#stable_id',
     c.persistent ? 'muc_persistent' : 'muc_temporary',
     c.membersOnly ? 'muc_membersonly' : 'muc_open',

@@ -4,12 +4,14 @@
 // Parts: service.ts (rooms, stores, fan-out), room.ts (room state and
 // privilege rules), occupancy.ts (join, leave, nick change, self-ping),
 // messages.ts (groupchat, subject, private messages, invitations),
-// iq-relay.ts (IQs between occupants),
+// iq-relay.ts (IQs between occupants), voice.ts (voice requests),
+// register.ts (registration and reserved nicks),
 // admin.ts (roles and affiliations), owner.ts + config-form.ts
 // (configuration, destroy), history.ts (room log and history on join),
 // persistence.ts (restoring persistent rooms), disco.ts, mam.ts.
 //
-// Storage: keyval 'muc_rooms' (persistent rooms by localpart), archive
+// Storage: keyval 'muc_rooms' (persistent rooms by localpart, with their
+// affiliations and registered nicks), archive
 // 'muc_log' (one archive per room: its messages as XML), keyval
 // 'muc_secret' (the key of occupant ids).
 import { z } from 'zod';
@@ -23,6 +25,7 @@ import { installMessages } from './messages.ts';
 import { installOccupancy } from './occupancy.ts';
 import { installOwner } from './owner.ts';
 import { restoreRooms } from './persistence.ts';
+import { installRegister } from './register.ts';
 import { MucService } from './service.ts';
 
 export default defineModule({
@@ -33,7 +36,7 @@ export default defineModule({
       number: 45,
       version: '1.35.1',
       status: 'partial',
-      note: 'no voice requests or registration (muc#register); no muc#roomconfig_getmemberlist or roomadmins/roomowners fields',
+      note: 'no approval of registration requests (9.9); no muc#roomconfig_getmemberlist or roomadmins/roomowners fields',
     },
     {
       number: 313,
@@ -87,6 +90,7 @@ export default defineModule({
     installOwner(muc);
     installMam(muc);
     installIqRelay(muc);
+    installRegister(muc);
     const removeItem = ctx.dependency<DiscoApi>('disco').addItem({ jid: domain, name: ctx.options.name });
     ctx.onUnload(removeItem);
   },

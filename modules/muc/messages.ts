@@ -1,7 +1,8 @@
 // Messages in a room (XEP-0045 7.4, 7.5, 7.8.2, 8.1): groupchat messages
 // fan out to every occupant, the subject changes for those allowed,
 // private messages reach another occupant's devices, mediated invitations
-// and declines are relayed.
+// and declines are relayed, voice requests and their approvals go to
+// voice.ts.
 import { Element } from 'ltx';
 import type { StanzaEvent } from '../../src/router/events.ts';
 import { childElements, NS_CLIENT } from '../../src/stanza.ts';
@@ -12,6 +13,7 @@ import { record } from './history.ts';
 import { NS_OCCUPANT_ID, NS_SID, NS_USER } from './ns.ts';
 import type { Room } from './room.ts';
 import { freeze, type MucService } from './service.ts';
+import { onVoiceForm, requestForm } from './voice.ts';
 
 export function installMessages(muc: MucService): void {
   muc.svc.hook('message/bare', (ev) => onRoomMessage(muc, ev));
@@ -41,6 +43,11 @@ async function onRoomMessage(muc: MucService, ev: StanzaEvent): Promise<boolean>
   const x = getChild(stanza, 'x', NS_USER);
   if (type !== 'groupchat' && x && (getChild(x, 'invite') || getChild(x, 'decline'))) {
     await relayInvitation(muc, room, ev, x);
+    return true;
+  }
+  const voiceForm = type !== 'groupchat' ? requestForm(stanza) : undefined;
+  if (voiceForm) {
+    onVoiceForm(muc, room, ev, voiceForm);
     return true;
   }
   const occupant = room.bySessionJid(from.toString());

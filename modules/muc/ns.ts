@@ -13,6 +13,13 @@ export const NS_DISCO_INFO = 'http://jabber.org/protocol/disco#info';
 export const NS_DISCO_ITEMS = 'http://jabber.org/protocol/disco#items';
 export const NS_PING = 'urn:xmpp:ping';
 export const NS_SID = 'urn:xmpp:sid:0';
+export const NS_REGISTER = 'jabber:iq:register';
+/** FORM_TYPE of voice requests (XEP-0045 7.13, 8.6). */
+export const NS_REQUEST = 'http://jabber.org/protocol/muc#request';
+/** FORM_TYPE of room registration (XEP-0045 7.10). */
+export const NS_MUC_REGISTER = 'http://jabber.org/protocol/muc#register';
+/** The disco#info node that tells a user the nick reserved for them (XEP-0045 7.12). */
+export const NODE_ROOMUSER_ITEM = 'x-roomuser-item';
 
 /** XEP-0045 section 15.6.2 status codes used here. */
 export const Status = {

@@ -116,6 +116,9 @@ async function join(muc: MucService, ev: StanzaEvent, existingRoom: Room | undef
   if (affiliation === 'outcast') return refuse('forbidden', 'You are banned from this room');
   if (sameNick && sameNick.bare !== bare)
     return refuse('conflict', `The nickname ${nick} is already in use in this room`);
+  // 7.12: a nick registered by someone else is theirs even when they are away.
+  if (room.nickReservedByOther(nick, bare))
+    return refuse('conflict', `The nickname ${nick} is registered by someone else in this room`);
   if (room.config.membersOnly && affiliation === 'none')
     return refuse('registration-required', 'This room is for members only');
   if (room.config.passwordProtected && affiliation !== 'owner') {
@@ -175,6 +178,12 @@ async function changeNick(
   const taken = room.occupants.get(nick);
   if (taken) {
     muc.bounce(stanza, 'conflict', { text: `The nickname ${nick} is already in use in this room` });
+    return true;
+  }
+  if (room.nickReservedByOther(nick, occupant.bare)) {
+    muc.bounce(stanza, 'conflict', {
+      text: `The nickname ${nick} is registered by someone else in this room`,
+    });
     return true;
   }
   // 7.6: unavailable with 303 and the new nick from the old one, then presence from the new one.

@@ -1,5 +1,6 @@
-// Persistent rooms survive restarts: their configuration, affiliations and
-// subject live in the host's keyval store 'muc_rooms', one entry per room.
+// Persistent rooms survive restarts: their configuration, affiliations,
+// registered nicks and subject live in the host's keyval store 'muc_rooms',
+// one entry per room.
 import { Room } from './room.ts';
 import type { MucService } from './service.ts';
 

@@ -45,6 +45,8 @@ export interface Subject {
 export interface StoredRoom {
   config: RoomConfig;
   affiliations: Record<string, Affiliation>;
+  /** Nicks reserved by registration (XEP-0045 7.10), by real bare JID; absent in older records. */
+  nicks?: Record<string, string>;
   subject: Subject;
 }
 
@@ -81,6 +83,14 @@ export class Occupant {
 
 export class Room {
   readonly affiliations = new Map<string, Affiliation>();
+  /**
+   * Registered nicks (XEP-0045 7.10) by real bare JID. A registration goes
+   * with an affiliation: it is dropped when the affiliation becomes none or
+   * outcast (see setAffiliation).
+   */
+  private readonly reserved = new Map<string, string>();
+  /** When each person's last voice request went to the moderators (voice.ts), by real bare JID. */
+  readonly voiceRequests = new Map<string, number>();
   /** By nick. */
   readonly occupants = new Map<string, Occupant>();
   private readonly bySession = new Map<string, Occupant>();
@@ -101,8 +111,32 @@ export class Room {
   }
 
   setAffiliation(bare: string, a: Affiliation): void {
+    if (a === 'none' || a === 'outcast') this.reserved.delete(bare);
     if (a === 'none') this.affiliations.delete(bare);
     else this.affiliations.set(bare, a);
+  }
+
+  /** The nick `bare` registered with the room, if any. */
+  reservedNick(bare: string): string | undefined {
+    return this.reserved.get(bare);
+  }
+
+  /** Who registered `nick`, if anyone. */
+  nickOwner(nick: string): string | undefined {
+    for (const [bare, n] of this.reserved) if (n === nick) return bare;
+    return undefined;
+  }
+
+  /** Reserves `nick` for `bare` (replacing their earlier one), or frees it with undefined. */
+  reserveNick(bare: string, nick: string | undefined): void {
+    if (nick === undefined) this.reserved.delete(bare);
+    else this.reserved.set(bare, nick);
+  }
+
+  /** Whether `nick` is registered by someone other than `bare`. */
+  nickReservedByOther(nick: string, bare: string): boolean {
+    const owner = this.nickOwner(nick);
+    return owner !== undefined && owner !== bare;
   }
 
   owners(): string[] {
@@ -173,6 +207,7 @@ export class Room {
     return {
       config: { ...this.config },
       affiliations: Object.fromEntries(this.affiliations),
+      nicks: Object.fromEntries(this.reserved),
       subject: this.subject,
     };
   }
@@ -181,6 +216,11 @@ export class Room {
     const room = new Room(name, jid, { ...defaults, ...stored.config });
     for (const [bare, a] of Object.entries(stored.affiliations ?? {})) {
       if (AFFILIATIONS.includes(a)) room.setAffiliation(bare, a);
+    }
+    for (const [bare, nick] of Object.entries(stored.nicks ?? {})) {
+      const a = room.affiliation(bare);
+      if (typeof nick === 'string' && nick !== '' && a !== 'none' && a !== 'outcast')
+        room.reserveNick(bare, nick);
     }
     if (stored.subject) room.subject = { text: stored.subject.text ?? '', nick: stored.subject.nick ?? '' };
     return room;
