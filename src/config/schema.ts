@@ -132,9 +132,34 @@ export const listenerSchema = section({
   starttls_required: bool.prefault(true),
 });
 
+const mongoUrlError = 'must be a MongoDB connection string (mongodb://... or mongodb+srv://...)';
+// MongoDB database names may not contain /\. "$*<>:|? and are under 64 bytes.
+const mongoDatabaseError = 'must be a MongoDB database name (1 to 63 characters, none of /\\. "$*<>:|?)';
+
 const storageSchema = section({
-  driver: oneOf(['sqlite', 'memory']).prefault('sqlite'),
+  driver: oneOf(['sqlite', 'memory', 'mongodb']).prefault('sqlite'),
   path: nonEmptyString('a file path').prefault('data/chorus.sqlite'),
+  /** mongodb only: the connection string; required with that driver. */
+  url: z
+    .string({ error: mongoUrlError })
+    .trim()
+    .regex(/^mongodb(\+srv)?:\/\/\S+$/, { error: mongoUrlError })
+    .optional(),
+  /** mongodb only: the database; default is the one in `url`, else 'chorus'. */
+  database: z
+    .string({ error: mongoDatabaseError })
+    .regex(/^[^/\\. "$*<>:|?]{1,63}$/, { error: mongoDatabaseError })
+    .refine((name) => !name.includes('\u0000'), { error: mongoDatabaseError })
+    .optional(),
+}).superRefine((storage, ctx) => {
+  if (storage.driver === 'mongodb' && storage.url === undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['url'],
+      message:
+        "is required when storage.driver is 'mongodb': give a connection string such as mongodb://localhost:27017/chorus",
+    });
+  }
 });
 
 const throttleSchema = section({

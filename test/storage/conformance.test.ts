@@ -3,10 +3,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
 import Database from 'better-sqlite3';
+import { MongoClient } from 'mongodb';
 import { MemoryDriver } from '../../src/storage/memory.ts';
 import { SqliteDriver } from '../../src/storage/sqlite.ts';
+import { MongoDriver } from '../../src/storage/mongodb.ts';
 import { openStorage } from '../../src/storage/index.ts';
-import type { ArchiveQuery } from '../../src/storage/types.ts';
+import type { ArchiveQuery, StorageDriver } from '../../src/storage/types.ts';
 import { runStorageConformance } from './conformance.ts';
 
 const tmp = mkdtempSync(join(tmpdir(), 'chorus-storage-'));
@@ -23,13 +25,45 @@ runStorageConformance('sqlite (groupCommitMs: 2)', async () =>
   SqliteDriver.open(freshPath(), { groupCommitMs: 2 }),
 );
 
-describe('storage conformance: mongodb', function () {
-  // The MongoDB driver is a later issue; once it exists this block becomes
-  // runStorageConformance('mongodb', () => openMongo(url)).
-  it('set CHORUS_TEST_MONGODB_URL to run the storage conformance suite against MongoDB', function () {
-    this.skip();
+// The MongoDB run needs a server: CHORUS_TEST_MONGODB_URL names it (e.g.
+// mongodb://127.0.0.1:27017). Each driver the suite opens gets a database of
+// its own, dropped when the suite closes that driver.
+const mongoUrl = process.env.CHORUS_TEST_MONGODB_URL;
+if (mongoUrl) {
+  describe('mongodb', function () {
+    const client = new MongoClient(mongoUrl, { serverSelectionTimeoutMS: 5000 });
+    const runId = `${process.pid}_${Date.now().toString(36)}`;
+    let dbNo = 0;
+
+    after(async function () {
+      await client.close();
+    });
+
+    runStorageConformance('mongodb', async () => {
+      const name = `chorus_test_${runId}_${++dbNo}`;
+      const driver = MongoDriver.withClient(client, name);
+      // Wrapped so that closing the driver (the suite does it after every
+      // test) also drops its database.
+      return {
+        name: driver.name,
+        keyval: driver.keyval.bind(driver),
+        map: driver.map.bind(driver),
+        archive: driver.archive.bind(driver),
+        flush: driver.flush.bind(driver),
+        async close() {
+          await driver.close();
+          await client.db(name).dropDatabase();
+        },
+      } satisfies StorageDriver;
+    });
   });
-});
+} else {
+  describe('storage conformance: mongodb', function () {
+    it('set CHORUS_TEST_MONGODB_URL to run the storage conformance suite against MongoDB', function () {
+      this.skip();
+    });
+  });
+}
 
 describe('sqlite driver specifics', function () {
   it('keeps data across close and reopen of the same file', async function () {
@@ -233,9 +267,26 @@ describe('openStorage', function () {
     expect(() => openStorage({ driver: 'sqlite' })).to.throw(/path/);
   });
 
-  it('says the mongodb driver is not available yet', function () {
-    expect(() => openStorage({ driver: 'mongodb' })).to.throw(
-      'storage driver "mongodb" is not available yet',
-    );
+  it('requires a url for mongodb', function () {
+    expect(() => openStorage({ driver: 'mongodb' })).to.throw('storage driver "mongodb" needs a url');
+  });
+
+  it('opens the mongodb driver without contacting the server', async function () {
+    // Nothing listens on port 1: opening must not connect (the client does on first use).
+    const d = openStorage({ driver: 'mongodb', url: 'mongodb://127.0.0.1:1/chorus_x' });
+    expect(d.name).to.equal('mongodb');
+    expect((d as MongoDriver).database).to.equal('chorus_x');
+    await d.close();
+    const named = openStorage({
+      driver: 'mongodb',
+      url: 'mongodb://127.0.0.1:1/chorus_x',
+      database: 'other',
+    });
+    expect((named as MongoDriver).database).to.equal('other');
+    await named.close();
+  });
+
+  it('rejects a malformed mongodb url at once', function () {
+    expect(() => openStorage({ driver: 'mongodb', url: 'http://example.org' })).to.throw();
   });
 });
