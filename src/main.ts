@@ -11,6 +11,7 @@ import { createLogger } from './log.ts';
 import { ModuleError, orderByDependencies, resolveModule, validateOptions } from './modules/loader.ts';
 import { generateSelfSigned } from './net/certs.ts';
 import { Server } from './server.ts';
+import { isClusterWorker, superviseWorkers } from './cluster/supervisor.ts';
 import { AccountExistsError, AccountNotFoundError, Accounts } from './storage/accounts.ts';
 import { openStorage } from './storage/index.ts';
 
@@ -21,7 +22,8 @@ const EXIT_USAGE = 2;
 const USAGE = `Usage: chorus <command> [options]
 
 Commands:
-  start                      run the server
+  start [--cluster N]        run the server; with --cluster N, as N worker processes
+                             sharing the ports and, through cluster.redis_url, the sessions
   check config               validate the configuration and list hosts and modules
   adduser JID                create an account (password from a prompt, --password-file or --password-stdin)
   passwd JID                 change an account's password
@@ -50,6 +52,7 @@ async function main(argv: string[]): Promise<number> {
       help: { type: 'boolean', short: 'h' },
       'older-than': { type: 'string' },
       user: { type: 'string' },
+      cluster: { type: 'string' },
     },
   });
   const [command, ...rest] = positionals;
@@ -60,7 +63,7 @@ async function main(argv: string[]): Promise<number> {
   const config = () => loadConfig({ path: values.config, allowMissing: values.config === undefined });
   switch (command) {
     case 'start':
-      return start(config(), values.config);
+      return start(withWorkers(config(), values.cluster), values.config);
     case 'check':
       if (rest[0] !== 'config') throw new UsageError('usage: chorus check config');
       return checkConfig(config());
@@ -81,8 +84,25 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+/** Applies `--cluster N` over cluster.workers, with the same checks as the file. */
+function withWorkers(config: ChorusConfig, option: string | undefined): ChorusConfig {
+  if (option === undefined) return config;
+  const workers = Number(option);
+  if (!Number.isInteger(workers) || workers < 1 || workers > 256) {
+    throw new UsageError(`--cluster takes a number of worker processes from 1 to 256, got '${option}'`);
+  }
+  if (workers > 1 && !config.cluster.redis_url) {
+    throw new UsageError(
+      `--cluster ${workers} needs cluster.redis_url in the configuration (or CHORUS_CLUSTER__REDIS_URL): the workers share their sessions through Redis`,
+    );
+  }
+  return { ...config, cluster: { ...config.cluster, workers } };
+}
+
 async function start(config: ChorusConfig, configPath: string | undefined): Promise<number> {
   const log = createLogger(config.log);
+  if (config.cluster.workers > 1 && !isClusterWorker())
+    return superviseWorkers(config, config.cluster.workers, log);
   const server = new Server(config, { configPath, log });
   try {
     await server.start();
@@ -95,7 +115,11 @@ async function start(config: ChorusConfig, configPath: string | undefined): Prom
     const shutdown = (signal: string) => {
       log.info({ signal }, 'shutting down');
       server.stop().then(
-        () => resolve(0),
+        () => {
+          // A cluster worker's channel to its supervisor would keep it alive.
+          if (isClusterWorker()) process.disconnect?.();
+          resolve(0);
+        },
         (err: unknown) => {
           log.error({ err }, 'error during shutdown');
           resolve(EXIT_FAILED);

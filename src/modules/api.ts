@@ -55,6 +55,19 @@ export interface ClusterService {
   broadcast(data: JsonValue): void;
   /** Receives what the module's instances on other nodes broadcast. Removed on unload. */
   onBroadcast(handler: (data: JsonValue, fromNode: string) => void): void;
+  /**
+   * Asks this module's instance (same host) on `node` and resolves with its
+   * answer; rejects on timeout, when the node is gone, when it has no
+   * handler, or when the handler throws (with its message). Rejects at once
+   * on a single node.
+   */
+  request(node: string, data: JsonValue, timeoutMs?: number): Promise<JsonValue | null>;
+  /** Answers requests from the module's instances on other nodes. Removed on unload. */
+  onRequest(
+    handler: (data: JsonValue, fromNode: string) => Promise<JsonValue | null> | JsonValue | null,
+  ): void;
+  /** Nodes with a live heartbeat, sorted (just this node when not clustered). */
+  nodes(): readonly string[];
 }
 
 export interface StorageService {

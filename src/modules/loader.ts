@@ -36,6 +36,12 @@ export interface ModuleEnvironment {
     readonly nodeId: string;
     broadcast(topic: string, data: JsonValue): void;
     onBroadcast(topic: string, handler: (data: JsonValue, fromNode: string) => void): () => void;
+    request(node: string, topic: string, data: JsonValue, timeoutMs?: number): Promise<JsonValue | null>;
+    onRequest(
+      topic: string,
+      handler: (data: JsonValue, fromNode: string) => Promise<JsonValue | null> | JsonValue | null,
+    ): () => void;
+    readonly nodes: readonly string[];
   } | null;
   /** Creates a service host for a subdomain; returns it and a remover. */
   addServiceHost(domain: string): { host: Host; remove(): void };
@@ -174,6 +180,14 @@ export async function loadModule(
     onBroadcast(handler) {
       if (env.cluster) disposers.push(env.cluster.onBroadcast(topic, handler));
     },
+    request(node, data, timeoutMs) {
+      if (!env.cluster) return Promise.reject(new Error(`not in a cluster: there is no node ${node}`));
+      return env.cluster.request(node, topic, data, timeoutMs);
+    },
+    onRequest(handler) {
+      if (env.cluster) disposers.push(env.cluster.onRequest(topic, handler));
+    },
+    nodes: () => env.cluster?.nodes ?? ['local'],
   };
 
   const ctx: ModuleContext<unknown> = {
