@@ -38,6 +38,7 @@ export async function superviseWorkers(config: ChorusConfig, workers: number, lo
     const nodeId = workerNodeId(config, index);
     const worker = cluster.fork({ CHORUS_CLUSTER__NODE_ID: nodeId });
     byIndex.set(index, worker);
+    log.info({ node: nodeId, pid: worker.process.pid }, `worker ${nodeId} started`);
     worker.once('exit', (code, signal) => {
       if (byIndex.get(index) === worker) byIndex.delete(index);
       if (stopping) return;

@@ -215,3 +215,164 @@ describe('cluster: nodes sharing Redis and storage', function () {
     }
   });
 });
+
+describe('cluster: a node that dies', function () {
+  this.timeout(60_000);
+  let cluster: TestCluster;
+  let redis: Redis;
+  const clients: XmppClient[] = [];
+
+  before(async function () {
+    const missing = redisMissing();
+    if (missing) {
+      if (process.env.CI) throw new Error(missing);
+      console.log(`      skipped: ${missing}`);
+      this.skip();
+    }
+    cluster = await startCluster({ nodes: 2, users: { kate: PASSWORD, liam: PASSWORD } });
+    redis = new Redis(cluster.redis.url);
+  });
+
+  after(async () => {
+    for (const c of clients) c.destroy();
+    redis?.disconnect();
+    await cluster?.stop();
+  });
+
+  async function online(node: number, user: string, resource = 'r'): Promise<XmppClient> {
+    const c = await XmppClient.connect({
+      port: cluster.nodes[node]!.port,
+      name: `${user}/${resource}@${node}`,
+    });
+    clients.push(c);
+    await c.login(user, PASSWORD, { resource });
+    await fetchRoster(c);
+    await available(c);
+    return c;
+  }
+
+  it('loses its sessions from the directory within the heartbeat TTL, and messages for its users go to offline storage', async () => {
+    const liam = await online(0, 'liam');
+    const kate = await online(1, 'kate');
+    liam.send(`<message to='kate@localhost' type='chat' id='before'><body>before</body></message>`);
+    await kate.expect(`<message id='before'><body>before</body></message>`);
+
+    const killedAt = Date.now();
+    await cluster.nodes[1]!.kill('SIGKILL');
+    kate.destroy();
+    // Sent at once: node B's heartbeat has not expired yet, so the directory
+    // still names it, but nobody listens on its channel any more.
+    liam.send(`<message to='kate@localhost' type='chat' id='m1'><body>while dying</body></message>`);
+
+    let gone = -1;
+    while (Date.now() - killedAt < cluster.nodeTtlMs + 10 * cluster.heartbeatMs) {
+      const entries = await redis.hlen('chorus:u:kate@localhost');
+      if (entries === 0) {
+        gone = Date.now() - killedAt;
+        break;
+      }
+      await sleep(25);
+    }
+    expect(gone, 'kate@localhost/r still in the directory').to.be.at.least(0);
+    // The TTL, plus up to one heartbeat for a survivor to notice and reap.
+    expect(gone).to.be.at.most(cluster.nodeTtlMs + 2 * cluster.heartbeatMs + 500);
+    expect(await redis.scard('chorus:n:b')).to.equal(0);
+    expect(await redis.sismember('chorus:nodes', 'b')).to.equal(0);
+
+    liam.send(`<message to='kate@localhost/r' type='chat' id='m2'><body>after</body></message>`);
+    // Nothing bounced to the sender: both went to storage.
+    await liam.expectNothing(300);
+    const again = await online(0, 'kate', 'back');
+    const bodies: string[] = [];
+    while (bodies.length < 2) {
+      const event = await again.next(5000);
+      if (event.kind === 'element' && event.element.name === 'message') {
+        bodies.push(event.element.getChildText('body') ?? '');
+      }
+    }
+    expect(bodies).to.deep.equal(['while dying', 'after']);
+  });
+});
+
+describe('cluster: group chat with occupants on different nodes', function () {
+  this.timeout(60_000);
+  let cluster: TestCluster;
+  const clients: XmppClient[] = [];
+  const MUC = 'http://jabber.org/protocol/muc';
+  const ROOM = 'lounge@conference.localhost';
+
+  before(async function () {
+    const missing = redisMissing();
+    if (missing) {
+      if (process.env.CI) throw new Error(missing);
+      console.log(`      skipped: ${missing}`);
+      this.skip();
+    }
+    cluster = await startCluster({ nodes: 3, users: { mia: PASSWORD, noah: PASSWORD, olga: PASSWORD } });
+  });
+
+  after(async () => {
+    await Promise.all(clients.map((c) => c.shutdown()));
+    await cluster?.stop();
+  });
+
+  async function online(node: number, user: string): Promise<XmppClient> {
+    const c = await XmppClient.connect({ port: cluster.nodes[node]!.port, name: `${user}@${node}` });
+    clients.push(c);
+    await c.login(user, PASSWORD, { resource: 'r' });
+    await available(c);
+    return c;
+  }
+
+  async function next(c: XmppClient, name: string): Promise<import('ltx').Element> {
+    for (;;) {
+      const event = await c.next(5000);
+      if (event.kind === 'element' && event.element.name === name) return event.element;
+    }
+  }
+
+  it('shows every occupant the others’ presence and messages, wherever each is connected', async () => {
+    const mia = await online(0, 'mia');
+    const noah = await online(1, 'noah');
+    const olga = await online(2, 'olga');
+
+    mia.send(`<presence to='${ROOM}/Mia'><x xmlns='${MUC}'/></presence>`);
+    await mia.expect(
+      `<presence from='${ROOM}/Mia'><x xmlns='${MUC}#user'><status code='110'/><status code='201'/></x></presence>`,
+    );
+    await next(mia, 'message'); // the (empty) subject
+    mia.send(
+      `<iq type='set' to='${ROOM}' id='instant'><query xmlns='${MUC}#owner'><x xmlns='jabber:x:data' type='submit'/></query></iq>`,
+    );
+    await mia.expect(`<iq type='result' from='${ROOM}' id='instant'/>`);
+
+    noah.send(`<presence to='${ROOM}/Noah'><x xmlns='${MUC}'/></presence>`);
+    // Noah (node B) first gets Mia's presence, then his own with 110.
+    expect((await next(noah, 'presence')).attrs.from).to.equal(`${ROOM}/Mia`);
+    expect((await next(noah, 'presence')).attrs.from).to.equal(`${ROOM}/Noah`);
+    await next(noah, 'message'); // the subject
+    expect((await next(mia, 'presence')).attrs.from).to.equal(`${ROOM}/Noah`);
+
+    olga.send(`<presence to='${ROOM}/Olga'><x xmlns='${MUC}'/></presence>`);
+    const seen = [(await next(olga, 'presence')).attrs.from, (await next(olga, 'presence')).attrs.from];
+    expect(seen.sort()).to.deep.equal([`${ROOM}/Mia`, `${ROOM}/Noah`]);
+    expect((await next(olga, 'presence')).attrs.from).to.equal(`${ROOM}/Olga`);
+    await next(olga, 'message'); // the subject
+    for (const c of [mia, noah]) expect((await next(c, 'presence')).attrs.from).to.equal(`${ROOM}/Olga`);
+
+    for (const [sender, nick] of [
+      [noah, 'Noah'],
+      [olga, 'Olga'],
+      [mia, 'Mia'],
+    ] as const) {
+      sender.send(
+        `<message to='${ROOM}' type='groupchat' id='from-${nick}'><body>hi from ${nick}</body></message>`,
+      );
+      for (const c of [mia, noah, olga]) {
+        const message = await next(c, 'message');
+        expect(message.attrs.from).to.equal(`${ROOM}/${nick}`);
+        expect(message.getChildText('body')).to.equal(`hi from ${nick}`);
+      }
+    }
+  });
+});
