@@ -20,6 +20,11 @@ export interface ChorusOptions {
   modules?: string[];
   /** Archive every 1:1 message (adds `mam`), like `anchors.sh start --mam`. */
   mam?: boolean;
+  /**
+   * Serve MUC at conference.<domain> (adds `muc`), as both references do; for
+   * the muc-fanout scenario.
+   */
+  muc?: boolean;
 }
 
 /**
@@ -50,6 +55,7 @@ export async function chorusModules(o: ChorusOptions): Promise<string[]> {
   const { builtinModules } = await import('../modules/index.ts');
   const wanted = [...(o.modules ?? REFERENCE_MODULES)];
   if (o.mam && !wanted.includes('mam')) wanted.push('mam');
+  if (o.muc && !wanted.includes('muc')) wanted.push('muc');
   return wanted.filter((m) => m in builtinModules);
 }
 

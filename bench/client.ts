@@ -98,6 +98,17 @@ function innerText(element: string, name: string): string | undefined {
   return close < 0 ? undefined : element.slice(gt + 1, close);
 }
 
+/** `type/condition: text` of the <error/> in an error stanza, or its start. */
+function errorSummary(stanza: string): string {
+  const e = stanza.indexOf('<error');
+  if (e < 0) return stanza.slice(0, 300);
+  const gt = stanza.indexOf('>', e);
+  const cond = /<([\w-]+)[^>]*xmlns=['"]urn:ietf:params:xml:ns:xmpp-stanzas['"]/.exec(stanza.slice(gt));
+  const text = /<text[^>]*>([^<]*)<\/text>/.exec(stanza.slice(gt));
+  const type = attr(stanza.slice(e, gt + 1), 'type') ?? '?';
+  return `${type}/${cond && cond[1] !== 'text' ? cond[1] : '?'}${text ? `: ${text[1]}` : ''}`;
+}
+
 export function escapeXml(s: string): string {
   return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/'/g, '&apos;');
 }
@@ -335,6 +346,60 @@ export class BenchConn {
     }
   }
 
+  /**
+   * Sends an IQ (whose id attribute must be `id`) and waits for the answer:
+   * resolves with the `<iq type='result'>`, rejects on `type='error'`.
+   * Only before receiveMessages().
+   */
+  async iq(id: string, xml: string): Promise<string> {
+    this.send(xml);
+    const answer = await this.waitIq(id);
+    const type = attr(answer.slice(0, answer.indexOf('>') + 1), 'type');
+    if (type !== 'result') throw new XmppError(`iq ${id} failed: ${errorSummary(answer)}`);
+    return answer;
+  }
+
+  /**
+   * XEP-0045 join: presence to `occupantJid` (room@service/nick) with
+   * `<x xmlns='http://jabber.org/protocol/muc'/>` and, if given, a history
+   * request; waits for the presence the room sends back from that occupant
+   * JID (the self-presence, status 110, or an error). Found by searching for
+   * its from attribute, so the presence of the other occupants that comes
+   * first is skipped without being parsed. Returns whether the room was
+   * created by this join (status 201). Only before receiveMessages().
+   */
+  async joinRoom(occupantJid: string, history?: string): Promise<{ created: boolean }> {
+    this.send(
+      `<presence to='${escapeXml(occupantJid)}'><x xmlns='http://jabber.org/protocol/muc'>${history ?? ''}</x></presence>`,
+    );
+    const j = escapeXml(occupantJid);
+    const presence = await this.wait(`self-presence from ${occupantJid}`, (buf) => {
+      for (const q of ["'", '"']) {
+        const at = buf.indexOf(`from=${q}${j}${q}`);
+        if (at < 0) continue;
+        const start = buf.lastIndexOf('<presence', at);
+        if (start < 0) continue;
+        const tagEnd = buf.indexOf('>', at);
+        if (tagEnd < 0) return null;
+        let end: number;
+        if (buf.charCodeAt(tagEnd - 1) === 47) end = tagEnd + 1;
+        else {
+          const close = buf.indexOf('</presence>', tagEnd);
+          if (close < 0) return null;
+          end = close + 11;
+        }
+        return { end, value: buf.slice(start, end) };
+      }
+      return null;
+    });
+    const open = presence.slice(0, presence.indexOf('>') + 1);
+    if (attr(open, 'type') === 'error')
+      throw new XmppError(`join of ${occupantJid} refused: ${errorSummary(presence)}`);
+    if (attr(open, 'type') === 'unavailable')
+      throw new XmppError(`join of ${occupantJid} ended in unavailable: ${presence.slice(0, 600)}`);
+    return { created: /code=['"]201['"]/.test(presence) };
+  }
+
   /** Connect, negotiate, authenticate: a logged-in session. */
   static async login(c: ConnOptions, o: LoginOptions): Promise<BenchConn> {
     const conn = await BenchConn.connect(c);
@@ -384,10 +449,18 @@ export class BenchConn {
     }
     let rest = pos ? buf.slice(pos) : buf;
     // Drop whatever precedes an incomplete message (presence, iq, whitespace)
-    // so unrelated traffic cannot pile up.
-    if (rest.length > 65536) {
+    // so unrelated traffic (e.g. the presence of 500 MUC occupants joining)
+    // neither piles up nor is scanned again with the next chunk. Every
+    // complete message has been taken, so a '<message' left is incomplete;
+    // without one, only a possibly cut '<messa...' at the end is kept ('<' is
+    // always escaped in text and attribute values).
+    if (rest.length > 0) {
       const m = rest.lastIndexOf('<message');
-      rest = m >= 0 ? rest.slice(m) : '';
+      if (m > 0) rest = rest.slice(m);
+      else if (m < 0) {
+        const lt = rest.lastIndexOf('<');
+        rest = lt >= 0 && rest.length - lt < 9 ? rest.slice(lt) : '';
+      }
     }
     this.buf = rest;
   }

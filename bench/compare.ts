@@ -95,6 +95,20 @@ const SHOWN: Record<ScenarioName, [string, 'higher' | 'lower'][]> = {
     ['rss_after_kib', 'lower'],
     ['logins_per_s', 'higher'],
   ],
+  'muc-fanout': [
+    ['occupants', 'higher'],
+    ['deliveries_per_s', 'higher'],
+    ['p50_ms', 'lower'],
+    ['p99_ms', 'lower'],
+    ['max_ms', 'lower'],
+    ['server_cpu_us_per_delivery', 'lower'],
+    ['server_cpu_pct', 'lower'],
+    ['server_rss_kib', 'lower'],
+    ['join_s', 'lower'],
+    ['client_cpu_pct', 'lower'],
+    ['undelivered', 'lower'],
+    ['error_messages', 'lower'],
+  ],
 };
 
 export function comparisonTable(results: ScenarioResult[], servers: string[]): string {
@@ -142,6 +156,7 @@ export async function compare(c: CompareOptions): Promise<void> {
         storage: c.chorusStorage,
         cert,
         mam: c.mam,
+        muc: c.scenarios.includes('muc-fanout'),
         modules: c.chorusModules,
       });
       chorusModuleList = chorus.modules;
@@ -174,7 +189,9 @@ export async function compare(c: CompareOptions): Promise<void> {
           o.parallel = Math.max(o.parallel, 32);
           if (o.users > 5000) o.sourceAddrs = Math.max(o.sourceAddrs, 4);
         }
-        process.stderr.write(`\n== ${t.name}: ${sc} (${o.users} users)\n`);
+        const size =
+          sc === 'muc-fanout' ? `${o.occupants} occupants, ${o.senders} senders` : `${o.users} users`;
+        process.stderr.write(`\n== ${t.name}: ${sc} (${size})\n`);
         try {
           const r = await runScenario(sc, o);
           results.push(r);

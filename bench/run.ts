@@ -5,18 +5,26 @@
 import { parseArgs } from 'node:util';
 import { compare } from './compare.ts';
 import { resultTable, writeResult } from './report.ts';
-import { SCENARIOS, runScenario, type BenchOptions, type ScenarioName } from './scenarios.ts';
+import {
+  SCENARIO_ALIASES,
+  SCENARIOS,
+  runScenario,
+  type BenchOptions,
+  type ScenarioName,
+} from './scenarios.ts';
 
 const USAGE = `usage:
   npm run bench -- --scenario NAME [--host 127.0.0.1] [--port 5222] [--domain localhost]
                    [--pid PID[,PID]] [--server LABEL] [--users 200] [--inflight 4]
                    [--duration 10] [--warmup 2] [--rate 3000] [--parallel 8] [--tls]
                    [--prefix bench] [--password bench-pass] [--source-addrs 1] [--quiet]
+                   muc-fanout: [--occupants 500] [--senders 10] [--muc-domain conference.DOMAIN]
+                   [--room NAME] [--muc-rate 0] [--join-parallel 16]
   npm run bench -- --compare [--scenarios ${SCENARIOS.join(',')}] [--quick]
                    [--users 200] [--idle-users 10000] [--chorus-port 5342]
                    [--chorus-storage sqlite|memory] [--servers chorus,prosody,ejabberd] [--keep-anchors]
                    [--mam] [--chorus-modules a,b,c]
-scenarios: ${SCENARIOS.join(', ')}`;
+scenarios: ${SCENARIOS.join(', ')} (muc = muc-fanout)`;
 
 function int(v: string | undefined, def: number, name: string): number {
   if (v === undefined) return def;
@@ -26,7 +34,7 @@ function int(v: string | undefined, def: number, name: string): number {
 }
 
 function scenarioName(s: string): ScenarioName {
-  const found = SCENARIOS.find((x) => x === s);
+  const found = SCENARIOS.find((x) => x === s) ?? SCENARIO_ALIASES[s];
   if (!found) throw new Error(`unknown scenario '${s}' (${SCENARIOS.join(', ')})`);
   return found;
 }
@@ -61,6 +69,12 @@ async function main(): Promise<void> {
       'keep-anchors': { type: 'boolean' },
       mam: { type: 'boolean' },
       'chorus-modules': { type: 'string' },
+      occupants: { type: 'string' },
+      senders: { type: 'string' },
+      'muc-domain': { type: 'string' },
+      room: { type: 'string' },
+      'muc-rate': { type: 'string' },
+      'join-parallel': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -84,6 +98,12 @@ async function main(): Promise<void> {
     password: values.password ?? 'bench-pass',
     sourceAddrs: int(values['source-addrs'], 1, 'source-addrs'),
     quiet: values.quiet ?? false,
+    occupants: int(values.occupants, quick ? 100 : 500, 'occupants'),
+    senders: int(values.senders, quick ? 5 : 10, 'senders'),
+    mucDomain: values['muc-domain'],
+    room: values.room,
+    mucRate: int(values['muc-rate'], 0, 'muc-rate'),
+    joinParallel: int(values['join-parallel'], 16, 'join-parallel'),
   };
 
   if (values.compare) {

@@ -1,11 +1,13 @@
 // The benchmark scenarios. Each one returns a ScenarioResult whose `metrics`
 // are plain numbers (or null when not measurable, e.g. without a server pid).
 import { performance } from 'node:perf_hooks';
-import { BenchConn, type ConnOptions } from './client.ts';
+import { BenchConn, XmppError, type ConnOptions } from './client.ts';
 import { selfCpuMicros, totalCpuMicros, totalRssKiB } from './proc.ts';
 
-export const SCENARIOS = ['register-login', 'throughput', 'latency', 'idle-memory'] as const;
+export const SCENARIOS = ['register-login', 'throughput', 'latency', 'idle-memory', 'muc-fanout'] as const;
 export type ScenarioName = (typeof SCENARIOS)[number];
+/** Other names accepted on the command line. */
+export const SCENARIO_ALIASES: Record<string, ScenarioName> = { muc: 'muc-fanout' };
 
 export interface BenchOptions {
   host: string;
@@ -33,6 +35,18 @@ export interface BenchOptions {
   sourceAddrs: number;
   /** Suppress the per-second progress lines. */
   quiet: boolean;
+  /** muc-fanout: sessions in the room [500]. */
+  occupants?: number;
+  /** muc-fanout: occupants that send (the first ones) [10]. */
+  senders?: number;
+  /** muc-fanout: the MUC service [conference.<domain>]. */
+  mucDomain?: string;
+  /** muc-fanout: room name [a new one per run]. */
+  room?: string;
+  /** muc-fanout: open loop at this many messages per second over all senders; 0 = closed loop [0]. */
+  mucRate?: number;
+  /** muc-fanout: joins at a time [16]. */
+  joinParallel?: number;
 }
 
 export type Metrics = Record<string, number | null>;
@@ -516,6 +530,253 @@ async function idleMemory(o: BenchOptions): Promise<ScenarioResult> {
   };
 }
 
+// ---------------------------------------------------------------------------
+
+/** A growable buffer of samples (latencies in ms); millions of them cost little. */
+class Samples {
+  private a = new Float64Array(1 << 16);
+  n = 0;
+  push(x: number): void {
+    if (this.n === this.a.length) {
+      const b = new Float64Array(this.a.length * 2);
+      b.set(this.a);
+      this.a = b;
+    }
+    this.a[this.n++] = x;
+  }
+  sorted(): Float64Array {
+    return this.a.slice(0, this.n).sort();
+  }
+}
+
+/**
+ * MUC fan-out: `occupants` sessions in one room, the first `senders` of them
+ * sending groupchat messages that every occupant (the sender included)
+ * receives. Closed loop: each sender keeps `inflight` messages outstanding and
+ * sends the next one when the room echoes one of its own back. Open loop
+ * (`mucRate` > 0): that many messages per second, round-robin over the senders.
+ * The body is `<sender> <seq> <send time>`; a delivery is one message received
+ * by one occupant.
+ */
+async function mucFanout(o: BenchOptions): Promise<ScenarioResult> {
+  const occupants = o.occupants ?? 500;
+  const senders = Math.min(o.senders ?? 10, occupants);
+  if (occupants < 2 || senders < 1) throw new Error('muc-fanout needs at least 2 occupants and 1 sender');
+  const mucDomain = o.mucDomain ?? `conference.${o.domain}`;
+  const room = o.room ?? `bench-fanout-${Date.now().toString(36)}`;
+  const roomJid = `${room}@${mucDomain}`;
+  const rate = o.mucRate ?? 0;
+  const joinParallel = Math.max(1, o.joinParallel ?? 16);
+  const errors: string[] = [];
+  const notes: string[] = [`room ${roomJid}`];
+  const startedAt = new Date().toISOString();
+  const reg = await ensureAccounts(o, occupants, errors);
+  if (reg.failed > 0) throw new Error(`${reg.failed} registrations failed: ${errors.join(' | ')}`);
+  const { conns, seconds: loginSeconds } = await loginAll(o, occupants, o.tls, errors);
+  const rss = () => (o.pids.length ? totalRssKiB(o.pids) : null);
+  const rssBeforeJoin = rss();
+
+  // Deliveries. Latency samples are taken for messages sent in the measured
+  // window (by their send time), like the latency scenario.
+  let delivered = 0;
+  let foreign = 0;
+  let winStart = Infinity;
+  let winEnd = Infinity;
+  const samples = new Samples();
+  const sent = new Uint32Array(senders);
+  let totalSent = 0;
+  let windowSent = 0;
+  let closedLoop = false;
+  let joinedCount = 0;
+  // Deliveries owed (sent × occupants − delivered) at a send, at most, in
+  // the window: how far the server's fan-out queues ran behind the senders.
+  let maxBacklog = 0;
+  const send = (s: number) => {
+    const seq = ++sent[s]!;
+    totalSent++;
+    const ts = performance.now();
+    if (ts >= winStart && ts < winEnd) {
+      windowSent++;
+      const backlog = totalSent * joinedCount - delivered;
+      if (backlog > maxBacklog) maxBacklog = backlog;
+    }
+    conns[s]!.send(
+      `<message to='${roomJid}' type='groupchat' id='g${s}-${seq}'><body>${s} ${seq} ${ts.toFixed(3)}</body></message>`,
+    );
+  };
+  const receiver = (j: number) => (body: string) => {
+    const now = performance.now();
+    const sp1 = body.indexOf(' ');
+    const sp2 = sp1 < 0 ? -1 : body.indexOf(' ', sp1 + 1);
+    if (sp2 < 0) {
+      foreign++;
+      return;
+    }
+    delivered++;
+    const ts = +body.slice(sp2 + 1);
+    if (ts >= winStart && ts < winEnd) samples.push(now - ts);
+    // The room's echo of a sender's own message releases its next one.
+    if (closedLoop && j < senders && +body.slice(0, sp1) === j) send(j);
+  };
+
+  // The first occupant creates the room; XEP-0045 10.1.2 instant room: the
+  // owner accepts the default configuration by submitting an empty form.
+  // History on join is turned off by every joiner (maxstanzas='0').
+  const history = "<history maxstanzas='0'/>";
+  const joined = new Uint8Array(occupants);
+  let joinFailures = 0;
+  const joinWin = new Window(o.pids);
+  try {
+    const first = await conns[0]!.joinRoom(`${roomJid}/${userName(o, 0)}`, history);
+    if (first.created) {
+      try {
+        await conns[0]!.iq(
+          'cfg1',
+          `<iq type='set' id='cfg1' to='${roomJid}'><query xmlns='http://jabber.org/protocol/muc#owner'>` +
+            `<x xmlns='jabber:x:data' type='submit'/></query></iq>`,
+        );
+        notes.push('room created by occupant 0 (instant room: empty muc#owner form)');
+      } catch (err) {
+        notes.push(`instant-room configuration failed: ${err instanceof Error ? err.message : String(err)}`);
+      }
+    } else {
+      notes.push('room already existed (no status 201 on the first join)');
+    }
+  } catch (err) {
+    await closeAll(conns);
+    throw err instanceof XmppError ? new Error(`creating ${roomJid}: ${err.message}`) : err;
+  }
+  joined[0] = 1;
+  joinedCount = 1;
+  conns[0]!.receiveMessages(receiver(0));
+  const joinErrors: string[] = [];
+  const stopJoin = progress(
+    o,
+    'muc join',
+    () => `joined=${joinedCount} of ${occupants} failed=${joinFailures}`,
+  );
+  joinFailures = await pool(
+    occupants - 1,
+    joinParallel,
+    async (k) => {
+      const i = k + 1;
+      await conns[i]!.joinRoom(`${roomJid}/${userName(o, i)}`, history);
+      joined[i] = 1;
+      joinedCount++;
+      conns[i]!.receiveMessages(receiver(i));
+    },
+    joinErrors,
+  );
+  stopJoin();
+  const jw = joinWin.end();
+  const rssAfterJoin = rss();
+  if (joinFailures > 0) {
+    notes.push(
+      `only ${joinedCount} of ${occupants} occupants joined; first refusals: ${joinErrors.join(' | ')}`,
+    );
+    if (!o.quiet) process.stderr.write(`[${o.server} muc join] ${notes[notes.length - 1]}\n`);
+  }
+  const active = Array.from({ length: senders }, (_, s) => s).filter((s) => joined[s]);
+  if (joinedCount < 2 || active.length === 0) {
+    await closeAll(conns);
+    throw new Error(`${joinedCount} of ${occupants} occupants joined: ${joinErrors.join(' | ')}`);
+  }
+
+  // Traffic.
+  let lastCount = 0;
+  const stop = progress(o, 'muc', () => {
+    const r = delivered - lastCount;
+    lastCount = delivered;
+    return `sent=${totalSent} delivered=${delivered} (${r}/s)`;
+  });
+  let timer: NodeJS.Timeout | null = null;
+  if (rate > 0) {
+    const t0 = performance.now();
+    let due = 0;
+    let rr = 0;
+    timer = setInterval(() => {
+      const target = Math.floor((rate * (performance.now() - t0)) / 1000);
+      for (; due < target; due++) {
+        send(active[rr]!);
+        rr = rr + 1 === active.length ? 0 : rr + 1;
+      }
+    }, 1);
+  } else {
+    closedLoop = true;
+    for (const s of active) for (let k = 0; k < o.inflight; k++) send(s);
+  }
+  await sleep(o.warmup * 1000);
+  const d0 = delivered;
+  const elu0 = performance.eventLoopUtilization();
+  const win = new Window(o.pids);
+  winStart = performance.now();
+  await sleep(o.duration * 1000);
+  const w = win.end();
+  winEnd = performance.now();
+  const elu = performance.eventLoopUtilization(elu0);
+  const count = delivered - d0;
+  const rssEnd = rss();
+  closedLoop = false;
+  if (timer) clearInterval(timer);
+  // Let what is in flight arrive (bounded), then leave.
+  const expected = () => totalSent * joinedCount;
+  for (let t = 0; t < 100 && delivered < expected(); t++) await sleep(100);
+  stop();
+  const undelivered = expected() - delivered;
+  const errorMessages = conns.reduce((a, c) => a + c.errorMessages, 0);
+  await closeAll(conns);
+  if (foreign > 0) notes.push(`${foreign} messages with a body not sent by the bench`);
+  const sorted = samples.sorted();
+  const perDelivery = (x: number | null) => (x === null || !count ? null : x / count);
+  return {
+    server: o.server,
+    scenario: 'muc-fanout',
+    startedAt,
+    params: {
+      ...baseParams(o),
+      users: occupants,
+      occupants,
+      senders: active.length,
+      inflight: rate > 0 ? 0 : o.inflight,
+      rate,
+      muc_domain: mucDomain,
+      room,
+      duration: o.duration,
+      warmup: o.warmup,
+      join_parallel: joinParallel,
+    },
+    metrics: {
+      occupants: joinedCount,
+      join_failures: joinFailures,
+      senders: active.length,
+      login_s: round(loginSeconds, 1),
+      join_s: round(jw.seconds, 1),
+      server_cpu_ms_join: round(jw.serverCpuUs === null ? null : jw.serverCpuUs / 1000, 0),
+      msgs_per_s: round(count / joinedCount / w.seconds, 0),
+      deliveries_per_s: round(count / w.seconds, 0),
+      delivered: count,
+      p50_ms: round(percentile(sorted, 50), 2),
+      p90_ms: round(percentile(sorted, 90), 2),
+      p99_ms: round(percentile(sorted, 99), 2),
+      max_ms: round(sorted.length ? sorted[sorted.length - 1]! : null, 2),
+      latency_samples: sorted.length,
+      server_cpu_us_per_delivery: round(perDelivery(w.serverCpuUs), 2),
+      server_cpu_pct: round(w.serverCpuUs === null ? null : (w.serverCpuUs / (w.seconds * 1e6)) * 100),
+      server_rss_kib: rssEnd,
+      rss_before_join_kib: rssBeforeJoin,
+      rss_after_join_kib: rssAfterJoin,
+      client_cpu_us_per_delivery: round(perDelivery(w.clientCpuUs), 2),
+      client_cpu_pct: round((w.clientCpuUs / (w.seconds * 1e6)) * 100),
+      client_elu_pct: round(elu.utilization * 100),
+      window_sent: windowSent,
+      max_backlog_deliveries: maxBacklog,
+      undelivered,
+      error_messages: errorMessages,
+    },
+    notes: [...notes, ...errors],
+  };
+}
+
 export async function runScenario(name: ScenarioName, o: BenchOptions): Promise<ScenarioResult> {
   switch (name) {
     case 'register-login':
@@ -526,5 +787,7 @@ export async function runScenario(name: ScenarioName, o: BenchOptions): Promise<
       return latency(o);
     case 'idle-memory':
       return idleMemory(o);
+    case 'muc-fanout':
+      return mucFanout(o);
   }
 }
