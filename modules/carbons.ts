@@ -199,6 +199,7 @@ export default defineModule({
     ctx.hook(
       'message/full',
       (ev) => {
+        if (!eligible(ev.stanza, 'received')) return inbound(ev, [], []);
         const list = resources(ev.to.bare.toString());
         const run = (sessions: Session[]) => {
           const target = sessions.find((s) => s.jid.equals(ev.to));
@@ -215,6 +216,8 @@ export default defineModule({
     ctx.hook(
       'message/bare',
       (ev) => {
+        // Groupchat fan-out and the like never need the account's sessions.
+        if (!eligible(ev.stanza, 'received')) return inbound(ev, [], []);
         const list = resources(ev.to.bare.toString());
         const run = (sessions: Session[]) =>
           inbound(ev, bareMessageRecipients(ev.stanza, sessions), sessions);
