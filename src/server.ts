@@ -9,6 +9,7 @@ import { InProcessDirectory, type SessionDirectory } from './cluster/directory.t
 import { RedisCluster } from './cluster/redis-cluster.ts';
 import { modulesForHost, type ChorusConfig, type ListenerConfig } from './config/index.ts';
 import { Host } from './host.ts';
+import { Jid } from './jid.ts';
 import { createLogger, type Logger } from './log.ts';
 import type { AccountService, ModuleDefinition, SessionService } from './modules/api.ts';
 import {
@@ -115,6 +116,19 @@ export class Server implements C2SEnvironment {
     cluster.setHandlers({
       reroute: (stanza) => this.logRouting(this.router.route(stanza)),
       route: (stanza) => this.logRouting(this.router.route(stanza, null, true)),
+      sessionsReaped: (node, sessions) => {
+        for (const { fullJid, wasAvailable } of sessions) {
+          const jid = Jid.tryParse(fullJid);
+          const host = jid && this.hosts.get(jid.domain);
+          if (!jid || !host) continue;
+          const fired = host.events.fire('remote-session-lost', { jid, wasAvailable, node });
+          if (fired instanceof Promise) {
+            fired.catch((err: unknown) =>
+              this.log.error({ err, jid: fullJid }, 'remote-session-lost handler failed'),
+            );
+          }
+        }
+      },
     });
     this.cluster = cluster;
     this.directory = cluster;

@@ -224,6 +224,20 @@ export default defineModule({
       ),
     );
 
+    // Cluster: a node died with this session on it. Nobody saw it go, so tell
+    // the user's other resources and the contacts what its end would have.
+    ctx.hook('remote-session-lost', ({ jid, wasAvailable }) => {
+      if (!wasAvailable) return;
+      const full = jid.toString();
+      const stanza = presence({ type: 'unavailable', from: full });
+      void roster.serialize(jid.local, async () => {
+        for (const s of await availableSessions(jid.local)) s.send(copy(stanza, full, s.jid.toString()));
+        for (const [contact, item] of await roster.items(jid.local)) {
+          if (hasFrom(item.subscription)) ctx.send(copy(stanza, full, contact));
+        }
+      });
+    });
+
     // ---- inbound: to a local user ----------------------------------------------------
 
     async function inboundSubscription(ev: StanzaEvent, type: SubscriptionType) {

@@ -50,8 +50,8 @@ export interface BusHandlers {
   reroute(stanza: Element): void;
   /** A stanza forwarded for routing on this node (service affinity). */
   route(stanza: Element): void;
-  /** Sessions of a dead node were removed from the directory. */
-  sessionsReaped?(node: string, fullJids: string[]): void;
+  /** Sessions of a dead node were removed from the directory (on the node that removed them). */
+  sessionsReaped?(node: string, sessions: { fullJid: string; wasAvailable: boolean }[]): void;
 }
 
 type BusMessage =
@@ -117,21 +117,22 @@ end
 return 0
 `;
 
-// KEYS: user hash. ARGV: resource, dead node. Removes the entry if it still names the dead node.
+// KEYS: user hash. ARGV: resource, dead node. Removes the entry if it still
+// names the dead node; returns the removed entry, or false.
 const REAP_SCRIPT = `
 local existing = redis.call('HGET', KEYS[1], ARGV[1])
 if existing and cjson.decode(existing).n == ARGV[2] then
   redis.call('HDEL', KEYS[1], ARGV[1])
-  return 1
+  return existing
 end
-return 0
+return false
 `;
 
 interface Scripts {
   chorusBind(...args: (string | number)[]): Promise<[string, string?]>;
   chorusUnbind(...args: (string | number)[]): Promise<number>;
   chorusUpdate(...args: (string | number)[]): Promise<number>;
-  chorusReap(...args: (string | number)[]): Promise<number>;
+  chorusReap(...args: (string | number)[]): Promise<string | null>;
 }
 
 const REAP_BATCH = 200;
@@ -294,7 +295,7 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
     for (;;) {
       const batch = await this.redis.spop(index, REAP_BATCH);
       if (!batch || batch.length === 0) break;
-      const gone: string[] = [];
+      const gone: { fullJid: string; wasAvailable: boolean }[] = [];
       const pipeline = this.redis.pipeline() as unknown as {
         exec(): Promise<[Error | null, unknown][] | null>;
       } & Scripts;
@@ -308,7 +309,14 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
       }
       const results = (await pipeline.exec()) ?? [];
       results.forEach(([err, removed], i) => {
-        if (!err && removed === 1) gone.push(batch[i]!);
+        if (err || typeof removed !== 'string') return;
+        let wasAvailable = false;
+        try {
+          wasAvailable = (JSON.parse(removed) as DirectoryEntry).a === 1;
+        } catch {
+          // A malformed entry is gone all the same.
+        }
+        gone.push({ fullJid: batch[i]!, wasAvailable });
       });
       total += gone.length;
       this.counters.reapedSessions += gone.length;

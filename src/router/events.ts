@@ -89,6 +89,15 @@ type StanzaEvents = {
   [K in `iq-${'get' | 'set'}/${IqAddressKind}/${string}`]: IqEvent;
 };
 
+export interface RemoteSessionLostEvent {
+  /** The full JID of the session. */
+  jid: Jid;
+  /** It had sent available presence. */
+  wasAvailable: boolean;
+  /** The node it lived on. */
+  node: string;
+}
+
 export type ChorusEvents = StanzaEvents & {
   /** A session bound a resource and can now send and receive stanzas. */
   'resource-bind': SessionEvent;
@@ -99,6 +108,13 @@ export type ChorusEvents = StanzaEvents & {
   'resource-unbind': SessionEndEvent;
   /** A session's connection dropped without a closing handshake. */
   'session-disconnected': SessionDisconnectedEvent;
+  /**
+   * Cluster: a session of a node that stopped without ending it was removed
+   * from the directory. Fired once in the cluster, on the node that cleaned
+   * up, so that modules can do what 'resource-unbind' would have done for
+   * others to see (the presence module tells contacts the resource is gone).
+   */
+  'remote-session-lost': RemoteSessionLostEvent;
   /**
    * A message (not groupchat or error) for a local bare JID that no session can take
    * (the account may not exist: the core default checks before bouncing).

@@ -216,6 +216,16 @@ describe('cluster: nodes sharing Redis and storage', function () {
   });
 });
 
+/** Reads stanzas until one matches (roster pushes and the like may come first). */
+async function readUntil(c: XmppClient, pattern: string, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const event = await c.next(Math.max(1, deadline - Date.now()));
+    if (event.kind === 'element' && c.check(pattern, event.element) === null) return;
+  }
+  throw new Error(`${c.name}: never got ${pattern}`);
+}
+
 describe('cluster: a node that dies', function () {
   this.timeout(60_000);
   let cluster: TestCluster;
@@ -254,8 +264,13 @@ describe('cluster: a node that dies', function () {
   it('loses its sessions from the directory within the heartbeat TTL, and messages for its users go to offline storage', async () => {
     const liam = await online(0, 'liam');
     const kate = await online(1, 'kate');
+    // Liam is subscribed to Kate's presence, so he must learn that she is gone.
+    liam.send(`<presence to='kate@localhost' type='subscribe'/>`);
+    await readUntil(kate, `<presence from='liam@localhost' type='subscribe'/>`);
+    kate.send(`<presence to='liam@localhost' type='subscribed'/>`);
+    await readUntil(liam, `<presence from='${kate.jid}'/>`);
     liam.send(`<message to='kate@localhost' type='chat' id='before'><body>before</body></message>`);
-    await kate.expect(`<message id='before'><body>before</body></message>`);
+    await readUntil(kate, `<message id='before'><body>before</body></message>`);
 
     const killedAt = Date.now();
     await cluster.nodes[1]!.kill('SIGKILL');
@@ -279,6 +294,7 @@ describe('cluster: a node that dies', function () {
     expect(await redis.scard('chorus:n:b')).to.equal(0);
     expect(await redis.sismember('chorus:nodes', 'b')).to.equal(0);
 
+    await readUntil(liam, `<presence from='kate@localhost/r' type='unavailable'/>`);
     liam.send(`<message to='kate@localhost/r' type='chat' id='m2'><body>after</body></message>`);
     // Nothing bounced to the sender: both went to storage.
     await liam.expectNothing(300);
