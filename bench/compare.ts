@@ -27,6 +27,8 @@ export interface CompareOptions {
   mam: boolean;
   /** Override of the Chorus module list. */
   chorusModules?: string[];
+  /** Worker processes of the `chorus-cluster` server (on chorusPort + 1). */
+  clusterWorkers: number;
 }
 
 interface Target {
@@ -115,6 +117,8 @@ export function comparisonTable(results: ScenarioResult[], servers: string[]): s
   const others = servers.filter((s) => s !== 'chorus');
   const header = ['scenario / metric', ...servers];
   if (servers.includes('chorus')) for (const o of others) header.push(`chorus/${o}`);
+  const clusterToo = servers.includes('chorus') && servers.includes('chorus-cluster');
+  if (clusterToo) header.push('cluster/chorus');
   const rows = [header];
   const scenarios = [...new Set(results.map((r) => r.scenario))];
   for (const sc of scenarios) {
@@ -130,6 +134,10 @@ export function comparisonTable(results: ScenarioResult[], servers: string[]): s
             typeof c === 'number' && typeof v === 'number' && v !== 0 ? `${(c / v).toFixed(2)}x` : '-',
           );
         }
+        if (clusterToo) {
+          const k = value('chorus-cluster');
+          row.push(typeof k === 'number' && typeof c === 'number' && c !== 0 ? `${(k / c).toFixed(2)}x` : '-');
+        }
       }
       rows.push(row);
     }
@@ -138,8 +146,9 @@ export function comparisonTable(results: ScenarioResult[], servers: string[]): s
 }
 
 export async function compare(c: CompareOptions): Promise<void> {
-  const wantAnchors = c.servers.some((s) => s !== 'chorus');
+  const wantAnchors = c.servers.some((s) => s !== 'chorus' && s !== 'chorus-cluster');
   let chorus: ChorusProcess | null = null;
+  let chorusCluster: ChorusProcess | null = null;
   const results: ScenarioResult[] = [];
   const failures: string[] = [];
   let chorusModuleList: string[] = [];
@@ -162,6 +171,20 @@ export async function compare(c: CompareOptions): Promise<void> {
       chorusModuleList = chorus.modules;
       process.stderr.write(`Chorus modules: ${chorus.modules.join(', ')}\n`);
       targets.push({ name: 'chorus', port: c.chorusPort, pids: [chorus.pid] });
+    }
+    if (c.servers.includes('chorus-cluster')) {
+      const port = c.chorusPort + 1;
+      process.stderr.write(`starting Chorus with ${c.clusterWorkers} workers and Redis on 127.0.0.1:${port}\n`);
+      chorusCluster = await startChorus({
+        port,
+        storage: c.chorusStorage,
+        mam: c.mam,
+        muc: c.scenarios.includes('muc-fanout'),
+        modules: c.chorusModules,
+        workers: c.clusterWorkers,
+      });
+      // Supervisor, workers and redis-server: all of the cluster's CPU and memory.
+      targets.push({ name: 'chorus-cluster', port, pids: chorusCluster.pids() });
     }
     if (wantAnchors) {
       process.stderr.write('starting the reference servers (anchors.sh start all)\n');
@@ -205,6 +228,7 @@ export async function compare(c: CompareOptions): Promise<void> {
     }
   } finally {
     if (chorus) await chorus.stop();
+    if (chorusCluster) await chorusCluster.stop();
     if (wantAnchors && !c.keepAnchors) {
       try {
         anchors('stop');
@@ -213,7 +237,7 @@ export async function compare(c: CompareOptions): Promise<void> {
       }
     }
   }
-  const servers = ['chorus', 'prosody', 'ejabberd'].filter((s) => c.servers.includes(s));
+  const servers = ['chorus', 'chorus-cluster', 'prosody', 'ejabberd'].filter((s) => c.servers.includes(s));
   const table = comparisonTable(results, servers);
   const file = writeResult(
     { compare: true, options: c, chorusModules: chorusModuleList, results, failures, table },

@@ -22,7 +22,7 @@ const USAGE = `usage:
                    [--room NAME] [--muc-rate 0] [--join-parallel 16]
   npm run bench -- --compare [--scenarios ${SCENARIOS.join(',')}] [--quick]
                    [--users 200] [--idle-users 10000] [--chorus-port 5342]
-                   [--chorus-storage sqlite|memory] [--servers chorus,prosody,ejabberd] [--keep-anchors]
+                   [--chorus-storage sqlite|memory] [--servers chorus,chorus-cluster,prosody,ejabberd] [--cluster-workers N] [--keep-anchors]
                    [--mam] [--chorus-modules a,b,c]
 scenarios: ${SCENARIOS.join(', ')} (muc = muc-fanout)`;
 
@@ -75,6 +75,7 @@ async function main(): Promise<void> {
       room: { type: 'string' },
       'muc-rate': { type: 'string' },
       'join-parallel': { type: 'string' },
+      'cluster-workers': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -118,6 +119,7 @@ async function main(): Promise<void> {
       servers: (values.servers ?? 'chorus,prosody,ejabberd').split(',').filter(Boolean),
       mam: values.mam ?? false,
       chorusModules: values['chorus-modules']?.split(',').filter(Boolean),
+      clusterWorkers: int(values['cluster-workers'], 2, 'cluster-workers'),
     });
     return;
   }

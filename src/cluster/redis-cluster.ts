@@ -55,6 +55,7 @@ export interface BusHandlers {
 }
 
 type BusMessage =
+  | { k: 'i'; u: string; from: string; ts: number }
   | { k: 's'; to: string; sid: string; x: string; ts: number }
   | { k: 'c'; to: string; sid: string; cond?: StreamErrorCondition; text?: string; ts: number }
   | { k: 'r'; x: string; ts: number }
@@ -137,6 +138,20 @@ interface Scripts {
 
 const REAP_BATCH = 200;
 
+/**
+ * Remote sessions of a user are cached on each node (routing a message would
+ * otherwise cost a Redis round trip or three). Every change to a user's
+ * entries is broadcast, and the other nodes drop their copy; this TTL only
+ * bounds the damage of an invalidation lost with a Redis reconnection.
+ */
+const CACHE_TTL_MS = 5000;
+const CACHE_MAX_USERS = 100_000;
+
+interface CachedUser {
+  remote: RemoteSession[];
+  at: number;
+}
+
 /** Per-node counters, logged periodically and read by tests. */
 export interface ClusterMetrics {
   sessions: number;
@@ -162,6 +177,9 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
   private readonly redis: Redis & Scripts;
   private readonly subscriber: Redis;
   private readonly local = new InProcessDirectory();
+  private readonly cache = new Map<string, CachedUser>();
+  /** Bumped on every invalidation: a lookup that started before one does not fill the cache. */
+  private epoch = 0;
   private readonly log: Logger;
   /** Nodes with a live heartbeat, as of the last tick (always including this one). */
   private liveNodes = new Set<string>();
@@ -222,6 +240,8 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
       });
     }
     cluster.subscriber.on('message', (_channel: string, message: string) => cluster.onBusMessage(message));
+    // Invalidations may have been missed while the subscriber was away.
+    cluster.subscriber.on('ready', () => cluster.clearCache());
     await cluster.subscriber.subscribe(cluster.key(`bus:${cluster.nodeId}`), cluster.key('broadcast'));
     await cluster.reapNode(cluster.nodeId);
     await cluster.heartbeat();
@@ -267,6 +287,7 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
     this.liveNodes = live;
     this.sortedLiveNodes = [...live].sort();
     const after = this.sortedLiveNodes.join(',');
+    if (before !== after) this.clearCache();
     if (before && before !== after)
       this.log.info({ nodes: this.sortedLiveNodes }, 'cluster membership changed');
   }
@@ -316,7 +337,9 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
         } catch {
           // A malformed entry is gone all the same.
         }
-        gone.push({ fullJid: batch[i]!, wasAvailable });
+        const full = batch[i]!;
+        gone.push({ fullJid: full, wasAvailable });
+        this.changed(full.slice(0, full.indexOf('/')));
       });
       total += gone.length;
       this.counters.reapedSessions += gone.length;
@@ -358,6 +381,7 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
       this.nodeId,
     );
     if (outcome === 'conflict' || outcome === 'too-many') return { ok: false, reason: outcome };
+    this.changed(bare);
     // Redis decided; the local table follows it.
     const local = this.local.bind(session, 'replace_old', Number.MAX_SAFE_INTEGER);
     if (local.ok && local.replaced) return local;
@@ -383,7 +407,10 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
         session.id,
         full,
       )
-      .catch((err: unknown) => this.log.warn({ err, jid: full }, 'could not remove a session from Redis'));
+      .then(
+        () => this.changed(session.jid.bareString()),
+        (err: unknown) => this.log.warn({ err, jid: full }, 'could not remove a session from Redis'),
+      );
   }
 
   sessionChanged(session: Session): void {
@@ -395,8 +422,10 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
         session.id,
         this.entryOf(session),
       )
-      .catch((err: unknown) =>
-        this.log.warn({ err, jid: session.jid.toString() }, 'could not update a session in Redis'),
+      .then(
+        () => this.changed(session.jid.bareString()),
+        (err: unknown) =>
+          this.log.warn({ err, jid: session.jid.toString() }, 'could not update a session in Redis'),
       );
   }
 
@@ -405,39 +434,81 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
     if (local) return local;
     const slash = fullJid.indexOf('/');
     if (slash < 0) return undefined;
-    return this.redis.hget(this.key(`u:${fullJid.slice(0, slash)}`), fullJid.slice(slash + 1)).then(
-      (json) => (json ? this.remote(fullJid, json) : undefined),
+    const find = (remote: RemoteSession[]) => remote.find((r) => r.jid.toString() === fullJid);
+    const remote = this.remoteSessions(fullJid.slice(0, slash));
+    return remote instanceof Promise ? remote.then(find) : find(remote);
+  }
+
+  resources(bareJid: string): MaybePromise<Session[]> {
+    const combine = (remote: RemoteSession[]): Session[] => {
+      const local = this.local.resources(bareJid);
+      if (remote.length === 0) return local;
+      // A local session wins over an entry naming another node for the same
+      // resource (it is being replaced there).
+      const mine = new Set(local.map((s) => s.jid.resource));
+      return [...local, ...remote.filter((r) => !mine.has(r.jid.resource))];
+    };
+    const remote = this.remoteSessions(bareJid);
+    return remote instanceof Promise ? remote.then(combine) : combine(remote);
+  }
+
+  /** The user's sessions on other live nodes: from the cache, or from Redis. */
+  private remoteSessions(bareJid: string): MaybePromise<RemoteSession[]> {
+    const cached = this.cache.get(bareJid);
+    if (cached && Date.now() - cached.at < CACHE_TTL_MS) {
+      return cached.remote.every((r) => this.isLive(r.node))
+        ? cached.remote
+        : cached.remote.filter((r) => this.isLive(r.node));
+    }
+    const epoch = this.epoch;
+    return this.redis.hgetall(this.key(`u:${bareJid}`)).then(
+      (all) => {
+        const remote: RemoteSession[] = [];
+        for (const [resource, json] of Object.entries(all)) {
+          const session = this.remote(`${bareJid}/${resource}`, json);
+          if (session) remote.push(session);
+        }
+        if (epoch === this.epoch) {
+          if (this.cache.size >= CACHE_MAX_USERS) {
+            // Oldest first: Map keeps insertion order.
+            const oldest = this.cache.keys().next().value;
+            if (oldest !== undefined) this.cache.delete(oldest);
+          }
+          this.cache.set(bareJid, { remote, at: Date.now() });
+        }
+        return remote;
+      },
       (err: unknown) => {
-        this.log.warn({ err }, 'session lookup in Redis failed; treating the session as absent');
-        return undefined;
+        // Without Redis the local sessions are still known.
+        this.log.warn({ err }, 'session lookup in Redis failed; using this node only');
+        return [];
       },
     );
   }
 
-  async resources(bareJid: string): Promise<Session[]> {
-    let all: Record<string, string>;
-    try {
-      all = await this.redis.hgetall(this.key(`u:${bareJid}`));
-    } catch (err) {
-      // Without Redis the local sessions are still known.
-      this.log.warn({ err }, 'session lookup in Redis failed; using this node only');
-      return this.local.resources(bareJid);
-    }
-    const sessions: Session[] = [];
-    for (const [resource, json] of Object.entries(all)) {
-      const full = `${bareJid}/${resource}`;
-      const session = this.local.get(full) ?? this.remote(full, json);
-      if (session) sessions.push(session);
-    }
-    // A local session whose entry is not written yet still counts.
-    for (const session of this.local.resources(bareJid)) {
-      if (!sessions.includes(session)) sessions.push(session);
-    }
-    return sessions;
+  /** This node changed a user's entries: drop cached copies here and on every other node. */
+  private changed(bareJid: string): void {
+    this.invalidate(bareJid);
+    this.redis
+      .publish(
+        this.key('broadcast'),
+        JSON.stringify({ k: 'i', u: bareJid, from: this.nodeId, ts: Date.now() }),
+      )
+      .catch((err: unknown) => this.log.warn({ err }, 'could not broadcast a directory change'));
+  }
+
+  private invalidate(bareJid: string): void {
+    this.epoch++;
+    this.cache.delete(bareJid);
+  }
+
+  private clearCache(): void {
+    this.epoch++;
+    this.cache.clear();
   }
 
   /** A proxy for an entry of another live node; undefined for stale or own entries. */
-  private remote(fullJid: string, json: string): Session | undefined {
+  private remote(fullJid: string, json: string): RemoteSession | undefined {
     let entry: DirectoryEntry;
     try {
       entry = JSON.parse(json) as DirectoryEntry;
@@ -637,6 +708,9 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
       case 'r':
         this.counters.receivedFromNodes++;
         this.handlers?.route(parse(message.x) as Element);
+        return;
+      case 'i':
+        if (message.from !== this.nodeId) this.invalidate(message.u);
         return;
       case 'b':
         if (message.from !== this.nodeId)
