@@ -181,6 +181,20 @@ describe('cluster: nodes sharing Redis and storage', function () {
     );
   });
 
+  it('routes to a device that logged in on another node right after a message warmed the cache', async () => {
+    const bob = await online(1, 'bob', 'cache');
+    const dave = await online(0, 'dave', 'one');
+    // Node B now knows (and caches) dave's sessions.
+    bob.send(`<message to='dave@localhost' id='w1'><body>first</body></message>`);
+    await expectEventually(dave, `<message id='w1'><body>first</body></message>`);
+    const dave2 = await online(0, 'dave', 'two');
+    // A normal message to the bare JID goes to every available resource:
+    // the new one must be known on node B at once, not after a cache expiry.
+    bob.send(`<message to='dave@localhost' id='w2'><body>second</body></message>`);
+    await expectEventually(dave, `<message id='w2'><body>second</body></message>`, 1000);
+    await expectEventually(dave2, `<message id='w2'><body>second</body></message>`, 1000);
+  });
+
   it('leaves exactly one session when the same resource binds on two nodes', async () => {
     const first = await login(0, 'judy', 'same');
     const second = await login(1, 'judy', 'same');
