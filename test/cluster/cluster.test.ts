@@ -92,6 +92,18 @@ describe('cluster: nodes sharing Redis and storage', function () {
     throw new Error(`${c.name}: never got ${pattern} (last: ${last})`);
   }
 
+  /** Fails if a message arrives within `ms` (presence and pushes may). */
+  async function expectNoMessage(c: XmppClient, ms: number): Promise<void> {
+    const deadline = Date.now() + ms;
+    while (Date.now() < deadline) {
+      const event = await c.next(Math.max(1, deadline - Date.now())).catch(() => null);
+      if (!event) return;
+      if (event.kind === 'element' && event.element.name === 'message') {
+        throw new Error(`${c.name}: unexpected ${event.element.toString()}`);
+      }
+    }
+  }
+
   it('registers each node and lists its sessions in the directory', async () => {
     const a = await login(0, 'alice', 'laptop');
     await login(1, 'alice', 'phone');
@@ -193,6 +205,42 @@ describe('cluster: nodes sharing Redis and storage', function () {
     bob.send(`<message to='dave@localhost' id='w2'><body>second</body></message>`);
     await expectEventually(dave, `<message id='w2'><body>second</body></message>`, 1000);
     await expectEventually(dave2, `<message id='w2'><body>second</body></message>`, 1000);
+  });
+
+  it('delivers a chat message to the bare JID to the highest-priority resource, on whichever node', async () => {
+    const low = await login(0, 'frank', 'low');
+    low.send('<presence><priority>1</priority></presence>');
+    await expectEventually(low, `<presence from='${low.jid}'/>`);
+    const high = await login(1, 'frank', 'high');
+    high.send('<presence><priority>5</priority></presence>');
+    await expectEventually(high, `<presence from='${high.jid}'/>`);
+    const sender = await online(0, 'alice', 'prio');
+    sender.send(`<message to='frank@localhost' type='chat' id='p1'><body>to the top</body></message>`);
+    await expectEventually(high, `<message id='p1'><body>to the top</body></message>`);
+    await expectNoMessage(low, 300);
+    // The priorities swap: node A learns it from the directory.
+    high.send('<presence><priority>0</priority></presence>');
+    await expectEventually(low, `<presence from='${high.jid}'/>`);
+    sender.send(`<message to='frank@localhost' type='chat' id='p2'><body>now to low</body></message>`);
+    await expectEventually(low, `<message id='p2'><body>now to low</body></message>`);
+  });
+
+  it('applies a block list changed on one node to messages routed by another', async () => {
+    const kate = await online(0, 'grace', 'block');
+    const sender = await online(1, 'ivan', 'block');
+    sender.send(`<message to='grace@localhost' type='chat' id='b1'><body>hello</body></message>`);
+    await expectEventually(kate, `<message id='b1'><body>hello</body></message>`);
+    kate.send(
+      `<iq type='set' id='blk'><block xmlns='urn:xmpp:blocking'><item jid='ivan@localhost'/></block></iq>`,
+    );
+    await expectEventually(kate, `<iq type='result' id='blk'/>`);
+    // Node B had grace's (empty) list cached; the change must reach it.
+    sender.send(`<message to='grace@localhost' type='chat' id='b2'><body>blocked?</body></message>`);
+    await expectEventually(
+      sender,
+      `<message type='error' from='grace@localhost' id='b2'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>`,
+    );
+    await expectNoMessage(kate, 300);
   });
 
   it('leaves exactly one session when the same resource binds on two nodes', async () => {
