@@ -29,6 +29,11 @@ export interface CompareOptions {
   chorusModules?: string[];
   /** Worker processes of the `chorus-cluster` server (on chorusPort + 1). */
   clusterWorkers: number;
+  /**
+   * Pin every server process (all threads) to these CPUs, e.g. "1", so that
+   * a load generator run under `taskset -c 0` does not share a core with it.
+   */
+  pinServers?: string;
 }
 
 interface Target {
@@ -53,6 +58,16 @@ function anchors(...args: string[]): string {
     rmSync(dir, { recursive: true, force: true });
   }
   return '';
+}
+
+/** Moves every thread of `pid` to `cpus` (taskset syntax). */
+function pin(pid: number, cpus: string): void {
+  try {
+    execFileSync('taskset', ['-a', '-p', '-c', cpus, String(pid)], { stdio: 'ignore' });
+    process.stderr.write(`pinned pid ${pid} to CPU ${cpus}\n`);
+  } catch (err) {
+    process.stderr.write(`could not pin pid ${pid} to CPU ${cpus}: ${String(err)}\n`);
+  }
 }
 
 function anchorPids(): Map<string, number> {
@@ -195,6 +210,9 @@ export async function compare(c: CompareOptions): Promise<void> {
         targets.push({ name: 'prosody', port: 5322, pids: [pids.get('prosody')!] });
       if (c.servers.includes('ejabberd'))
         targets.push({ name: 'ejabberd', port: 5332, pids: [pids.get('ejabberd')!] });
+    }
+    if (c.pinServers) {
+      for (const t of targets) for (const pid of t.pids) pin(pid, c.pinServers);
     }
     // Run scenario by scenario, each on every server, so that the servers see
     // the same machine conditions as close together in time as possible.

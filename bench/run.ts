@@ -22,7 +22,7 @@ const USAGE = `usage:
                    [--room NAME] [--muc-rate 0] [--join-parallel 16]
   npm run bench -- --compare [--scenarios ${SCENARIOS.join(',')}] [--quick]
                    [--users 200] [--idle-users 10000] [--chorus-port 5342]
-                   [--chorus-storage sqlite|memory] [--servers chorus,chorus-cluster,prosody,ejabberd] [--cluster-workers N] [--keep-anchors]
+                   [--chorus-storage sqlite|memory] [--servers chorus,chorus-cluster,prosody,ejabberd] [--cluster-workers N] [--pin-servers CPUS] [--keep-anchors]
                    [--mam] [--chorus-modules a,b,c]
 scenarios: ${SCENARIOS.join(', ')} (muc = muc-fanout)`;
 
@@ -76,6 +76,7 @@ async function main(): Promise<void> {
       'muc-rate': { type: 'string' },
       'join-parallel': { type: 'string' },
       'cluster-workers': { type: 'string' },
+      'pin-servers': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -120,6 +121,7 @@ async function main(): Promise<void> {
       mam: values.mam ?? false,
       chorusModules: values['chorus-modules']?.split(',').filter(Boolean),
       clusterWorkers: int(values['cluster-workers'], 2, 'cluster-workers'),
+      pinServers: values['pin-servers'],
     });
     return;
   }
