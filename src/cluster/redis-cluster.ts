@@ -193,6 +193,7 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
     { resolve: (v: JsonValue | null) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }
   >();
   private stopped = false;
+  private lastConnectionError: string | null = null;
   private readonly counters = {
     deliveredLocally: 0,
     sentToNodes: 0,
@@ -214,7 +215,10 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
     this.redis = new Redis(opts.redisUrl, redisOptions) as Redis & Scripts;
     this.subscriber = new Redis(opts.redisUrl, { lazyConnect: true });
     for (const client of [this.redis, this.subscriber]) {
-      client.on('error', (err: Error) => this.log.warn({ err: err.message }, 'redis connection error'));
+      client.on('error', (err: Error) => {
+        this.lastConnectionError = err.message;
+        this.log.warn({ err: err.message }, 'redis connection error');
+      });
     }
     this.redis.defineCommand('chorusBind', { numberOfKeys: 2, lua: BIND_SCRIPT });
     this.redis.defineCommand('chorusUnbind', { numberOfKeys: 2, lua: UNBIND_SCRIPT });
@@ -235,7 +239,9 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
     } catch (err) {
       cluster.redis.disconnect();
       cluster.subscriber.disconnect();
-      throw new Error(`cannot reach Redis at ${redactUrl(opts.redisUrl)}: ${(err as Error).message}`, {
+      // ioredis rejects with "Connection is closed"; the cause is in the error event before it.
+      const why = cluster.lastConnectionError ?? (err as Error).message;
+      throw new Error(`cannot reach Redis at ${redactUrl(opts.redisUrl)} (cluster.redis_url): ${why}`, {
         cause: err,
       });
     }

@@ -5,7 +5,9 @@ import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import { startCluster, type TestCluster } from '../helpers/cluster.ts';
 import { available, fetchRoster } from '../helpers/fixtures.ts';
-import { redisMissing } from '../helpers/redis.ts';
+import { parseConfig } from '../../src/config/index.ts';
+import { freePort, redisMissing } from '../helpers/redis.ts';
+import { startTestServer } from '../helpers/server.ts';
 import { XmppClient } from '../helpers/xmpp-client.ts';
 
 const PASSWORD = 'cluster-test-pw';
@@ -452,5 +454,25 @@ describe('cluster: group chat with occupants on different nodes', function () {
         expect(message.getChildText('body')).to.equal(`hi from ${nick}`);
       }
     }
+  });
+});
+
+describe('cluster: configuration and start-up errors', () => {
+  it('refuses to start, naming cluster.redis_url and the cause, when Redis cannot be reached', async () => {
+    const port = await freePort(); // nothing listens there
+    let error: Error | null = null;
+    await startTestServer({ yaml: `cluster: { redis_url: 'redis://127.0.0.1:${port}' }` }).then(
+      (s) => s.stop(),
+      (err: Error) => (error = err),
+    );
+    expect(error, 'the server started without Redis').to.not.equal(null);
+    expect(error!.message).to.include(`cannot reach Redis at redis://127.0.0.1:${port} (cluster.redis_url)`);
+    expect(error!.message).to.include('ECONNREFUSED');
+  });
+
+  it('rejects more than one worker without a Redis URL, naming the option', () => {
+    expect(() => parseConfig('cluster: { workers: 2 }', { file: 'x.yaml', env: {} })).to.throw(
+      /x\.yaml:1:\d+: cluster\.workers needs cluster\.redis_url/,
+    );
   });
 });
