@@ -34,6 +34,7 @@ describe('cluster: nodes sharing Redis and storage', function () {
     cluster = await startCluster({
       nodes: 2,
       users: Object.fromEntries(USERS.map((u) => [u, PASSWORD])),
+      metricsLogSeconds: 1,
     });
     redis = new Redis(cluster.redis.url);
   });
@@ -243,6 +244,28 @@ describe('cluster: nodes sharing Redis and storage', function () {
       `<message type='error' from='grace@localhost' id='b2'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>`,
     );
     await expectNoMessage(kate, 300);
+  });
+
+  it('logs per-node routing metrics: sessions, stanzas across nodes and bus latency', async () => {
+    const sender = await online(0, 'carol', 'metrics');
+    const receiver = await online(1, 'erin', 'metrics');
+    sender.send(`<message to='${receiver.jid}' id='mx'><body>count me</body></message>`);
+    await expectEventually(receiver, `<message id='mx'><body>count me</body></message>`);
+    const metricsOf = (node: number) =>
+      cluster.nodes[node]!.output()
+        .split('\n')
+        .filter((line) => line.includes('"cluster metrics"'))
+        .map((line) => JSON.parse(line) as Record<string, number>);
+    const counted = () =>
+      metricsOf(0).some((m) => m.sentToNodes! > 0) && metricsOf(1).some((m) => m.receivedFromNodes! > 0);
+    for (let i = 0; i < 40 && !counted(); i++) await sleep(100);
+    const a = metricsOf(0).at(-1)!;
+    const b = metricsOf(1).at(-1)!;
+    expect(a.sentToNodes).to.be.greaterThan(0);
+    expect(b.receivedFromNodes).to.be.greaterThan(0);
+    expect(b.sessions).to.be.at.least(1);
+    expect(b).to.have.property('busLatencyMeanMs').that.is.a('number');
+    expect(b).to.have.property('router');
   });
 
   it('leaves exactly one session when the same resource binds on two nodes', async () => {

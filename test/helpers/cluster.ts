@@ -44,6 +44,8 @@ export interface TestClusterOptions {
   yaml?: string;
   heartbeatMs?: number;
   nodeTtlMs?: number;
+  /** cluster.metrics_log_seconds (0, off, unless given). */
+  metricsLogSeconds?: number;
 }
 
 export async function startCluster(opts: TestClusterOptions): Promise<TestCluster> {
@@ -77,7 +79,7 @@ export async function startCluster(opts: TestClusterOptions): Promise<TestCluste
         `storage: { driver: sqlite, path: ${sqlitePath} }`,
         `certs: { dir: ${join(dir, 'certs')} }`,
         'limits: { connections_per_minute: 0, bytes_per_second: 0 }',
-        `cluster: { redis_url: '${redis.url}', node_id: ${id}, heartbeat_ms: ${heartbeatMs}, node_ttl_ms: ${nodeTtlMs}, metrics_log_seconds: 0 }`,
+        `cluster: { redis_url: '${redis.url}', node_id: ${id}, heartbeat_ms: ${heartbeatMs}, node_ttl_ms: ${nodeTtlMs}, metrics_log_seconds: ${opts.metricsLogSeconds ?? 0} }`,
         `log: { level: ${process.env.CHORUS_TEST_LOG ?? 'info'}, format: json }`,
         opts.yaml ?? '',
       ].join('\n'),
