@@ -20,6 +20,7 @@
 import { Element } from 'ltx';
 import { defineModule } from '../src/modules/api.ts';
 import type { IqEvent } from '../src/router/events.ts';
+import { MOVED } from '../src/session/client-session.ts';
 import type { Session } from '../src/session/session.ts';
 import type { JsonValue } from '../src/storage/types.ts';
 import { hasFrom, type RosterApi } from './roster.ts';
@@ -76,7 +77,9 @@ export default defineModule({
     // "no resources left" means this was the user's last session.
     ctx.hook(
       'resource-unbind',
-      async ({ session }) => {
+      async ({ session, reason }) => {
+        // A session that moved to another cluster node did not go offline.
+        if (reason === MOVED) return false;
         const user = session.jid.local;
         if ((await ctx.sessions.resources(bareOf(user))).length > 0) return false;
         await store.set(user, { when: Date.now(), status: goodbyes.get(session) ?? '' });

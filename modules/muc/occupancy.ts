@@ -3,6 +3,7 @@
 // XEP-0410 self-pings check that a device is still joined.
 import { Element } from 'ltx';
 import type { StanzaEvent } from '../../src/router/events.ts';
+import { MOVED } from '../../src/session/client-session.ts';
 import { getChild } from '../../src/xml/element.ts';
 import { sendHistory } from './history.ts';
 import { NS_MUC, NS_PING, Status } from './ns.ts';
@@ -24,7 +25,9 @@ export function installOccupancy(muc: MucService): void {
     return true;
   });
   // A device that goes away without leaving leaves every room it was in.
-  muc.ctx.hook('resource-unbind', ({ session }) => {
+  muc.ctx.hook('resource-unbind', ({ session, reason }) => {
+    // A session that moved to another cluster node keeps its full JID, and so its seats.
+    if (reason === MOVED) return false;
     const full = session.jid.toString();
     const leaving: Promise<void>[] = [];
     for (const room of muc.rooms.values()) {

@@ -17,6 +17,7 @@ import { Element, parse } from 'ltx';
 import { Jid } from '../../src/jid.ts';
 import { defineModule } from '../../src/modules/api.ts';
 import type { StanzaEvent } from '../../src/router/events.ts';
+import { MOVED } from '../../src/session/client-session.ts';
 import type { Session } from '../../src/session/session.ts';
 import { cloneElement, errorReply } from '../../src/stanza.ts';
 import { hasFrom, hasTo, type RosterApi, type RosterItem } from '../roster.ts';
@@ -217,11 +218,15 @@ export default defineModule({
     ctx.hook('pre-presence/full', onOutbound);
     ctx.hook('pre-presence/host', onOutbound);
 
-    // A session that ends without unavailable presence still goes offline for everyone.
-    ctx.hook('resource-unbind', ({ session }) =>
-      roster.serialize(session.jid.local, () =>
-        broadcastUnavailable(session, presence({ type: 'unavailable', from: session.jid.toString() })),
-      ),
+    // A session that ends without unavailable presence still goes offline for
+    // everyone; one that moved to another cluster node (stream management
+    // resumption there) is still online.
+    ctx.hook('resource-unbind', ({ session, reason }) =>
+      reason === MOVED
+        ? undefined
+        : roster.serialize(session.jid.local, () =>
+            broadcastUnavailable(session, presence({ type: 'unavailable', from: session.jid.toString() })),
+          ),
     );
 
     // Cluster: a node died with this session on it. Nobody saw it go, so tell

@@ -3,6 +3,7 @@
 // compile error rather than a silent no-op.
 import type { Element } from 'ltx';
 import type { Jid } from '../jid.ts';
+import type { ClientSession } from '../session/client-session.ts';
 import type { Session, StreamInfo } from '../session/session.ts';
 import type { StanzaErrorCondition, StanzaErrorOptions } from '../stanza.ts';
 
@@ -41,7 +42,9 @@ export interface SessionEndEvent extends SessionEvent {
   /**
    * Why the session ended: 'closed' (a closing handshake), 'error' (a stream
    * error, shutdown included), 'replaced' (resource conflict), or
-   * 'disconnected' (the connection dropped without a closing tag).
+   * 'disconnected' (the connection dropped without a closing tag), or
+   * 'moved' (MOVED: it goes on on another cluster node; skip what only a real
+   * end does, such as unavailable presence or offline storage).
    */
   reason: string;
 }
@@ -63,6 +66,15 @@ export interface StreamElementEvent {
    * same account (stream management resumption); false when not possible.
    */
   resume(session: Session): boolean;
+  /**
+   * Cluster resumption: creates and binds, on this authenticated, unbound
+   * stream, a session of the same account that another node handed over.
+   * `prepare` runs before the bind, so the directory entry starts with the
+   * restored facts and nothing is delivered before the module is ready.
+   * Resolves with the bound session, or null when this stream cannot take it
+   * (not its owner, already bound, closed, too many resources).
+   */
+  adoptMoved?(jid: Jid, prepare: (session: ClientSession) => void): Promise<ClientSession | null>;
 }
 
 export interface SessionDisconnectedEvent extends SessionEvent {

@@ -27,6 +27,13 @@ export interface SessionConnection {
 /** Why a connection went away, as the stream saw it. */
 export type ConnectionEnd = 'closed' | 'error' | 'replaced' | 'disconnected';
 
+/**
+ * The end reason of a session that continues on another cluster node
+ * (stream management resumption there). resource-unbind handlers skip what
+ * only a real end does (unavailable presence, offline storage, last activity).
+ */
+export const MOVED = 'moved';
+
 export class ClientSession implements Session {
   readonly id = randomBytes(9).toString('base64url');
   available = false;
@@ -41,6 +48,7 @@ export class ClientSession implements Session {
   /** One object per registration, so that release() finds its own place in the chain. */
   private readonly sendFilters: { filter: SendFilter }[] = [];
   private endPromise: Promise<void> | null = null;
+  private movingOut = false;
   private readonly shared = new Map<string, JsonValue>();
 
   constructor(
@@ -143,8 +151,31 @@ export class ClientSession implements Session {
   }
 
   close(condition?: StreamErrorCondition, text?: string): void {
+    // A session being handed over ends only as its mover decides (end(MOVED),
+    // or cancelMove() then close()): the resuming node's bind replaces our
+    // directory entry, which arrives here as a close with 'conflict'.
+    if (this.movingOut) return;
     if (this.connection) this.connection.close(condition, text);
     else void this.end(condition === 'conflict' ? 'replaced' : 'expired');
+  }
+
+  /**
+   * Starts handing the session over to another node: drops the connection
+   * that still carries it, if any (as a resumption here would), and ignores
+   * close() from now on. Stanzas sent meanwhile still reach the send
+   * listeners, which queue them for the new node.
+   */
+  beginMove(): void {
+    if (this.endPromise) return;
+    this.movingOut = true;
+    const previous = this.connection;
+    this.connection = null;
+    previous?.abandon('conflict', 'The session was resumed on another connection');
+  }
+
+  /** The handover failed: the session is an ordinary held session again. */
+  cancelMove(): void {
+    this.movingOut = false;
   }
 
   /**

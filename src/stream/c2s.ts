@@ -11,6 +11,7 @@ import type { Host } from '../host.ts';
 import { Jid, JidError, prepareLocal, prepareResource } from '../jid.ts';
 import type { ChannelBindingType, SaslContext, SaslMechanism, SaslStep } from '../sasl/mechanisms.ts';
 import { offeredMechanisms } from '../sasl/mechanisms.ts';
+import type { StreamElementEvent } from '../router/events.ts';
 import { ClientSession, type ConnectionEnd, type SessionConnection } from '../session/client-session.ts';
 import type { Session, StreamInfo } from '../session/session.ts';
 import {
@@ -354,12 +355,14 @@ export class C2SStream implements StreamInfo, SessionConnection {
   }
 
   private handleStreamElement(element: Element): void | Promise<void> {
-    const handled = this.hostObj?.events.fire('stream-element', {
+    const event: StreamElementEvent = {
       stream: this,
       element,
       send: (e) => this.sendElement(e),
       resume: (session) => this.resume(session),
-    });
+      adoptMoved: (jid, prepare) => this.adoptMoved(jid, prepare),
+    };
+    const handled = this.hostObj?.events.fire('stream-element', event);
     const check = (done: boolean | undefined) => {
       if (!done)
         throw new StreamError('unsupported-stanza-type', `<${element.name}/> is not understood here`);
@@ -637,6 +640,41 @@ export class C2SStream implements StreamInfo, SessionConnection {
     this.handshakeTimer = null;
     this.log.info({ jid: target.jid.toString() }, 'session resumed');
     return true;
+  }
+
+  /**
+   * Cluster resumption: binds on this authenticated, unbound connection a
+   * session of the same account that another node handed over. The bind
+   * replaces the other node's directory entry whatever the conflict policy
+   * (it is the same session, not a competing one).
+   */
+  private async adoptMoved(
+    jid: Jid,
+    prepare: (session: ClientSession) => void,
+  ): Promise<ClientSession | null> {
+    if (this.state !== 'bind' || this.closing || !this.hostObj) return null;
+    if (jid.local !== this.username || jid.domain !== this.host) return null;
+    const session = new ClientSession(jid, this.hostObj, this, this.env.directory, this.log);
+    prepare(session);
+    const { limits } = this.env.config;
+    const outcome = await this.env.directory.bind(session, 'replace_old', limits.max_resources_per_user);
+    if (!outcome.ok) return null;
+    if (outcome.replaced)
+      outcome.replaced.close('conflict', 'Replaced by a session resumed from another node');
+    this.log.info({ jid: jid.toString() }, 'session resumed from another node');
+    if (this.closing) {
+      // The connection went away while binding: the session is bound here
+      // now, and goes the way of any session whose connection dropped (held
+      // for resumption when stream management asks for it).
+      void session.connectionLost(this, 'disconnected');
+    } else {
+      this.session = session;
+      this.state = 'bound';
+      if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
+      this.handshakeTimer = null;
+    }
+    await this.hostObj.events.fire('resource-bind', { session });
+    return session;
   }
 
   /** SessionConnection.abandon: the session moved to another connection. */
