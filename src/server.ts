@@ -69,7 +69,7 @@ export class Server implements C2SEnvironment {
     private readonly opts: ServerOptions = {},
   ) {
     this.log = opts.log ?? createLogger(config.log);
-    this.storage = opts.storage ?? openStorage(config.storage);
+    this.storage = opts.storage ?? openStorage(config.storage, (message) => this.log.info(message));
     this.accounts = new Accounts(this.storage, config.auth.scram_iterations);
     this.certs = new CertificateStore({ log: (msg) => this.log.info(msg) });
     this.throttle = makeThrottle(config);

@@ -88,6 +88,12 @@ export default defineModule({
       check_interval_seconds: z.number().int().min(1).default(3600),
       /** Messages deleted per transaction by the retention job. */
       purge_batch_size: z.number().int().min(1).default(1000),
+      /**
+       * Hold each message until its archive write has committed, instead of
+       * routing it while the write is queued. Slower (every message waits for
+       * a commit); only matters if the server dies in the milliseconds between.
+       */
+      wait_for_archive: z.boolean().default(false),
     })
     .strict(),
   setup(ctx): MamApi {
@@ -119,7 +125,7 @@ export default defineModule({
       return policy === 'always';
     }
 
-    installArchiving(ctx, { archive, wanted });
+    installArchiving(ctx, { archive, wanted, waitForArchive: opts.wait_for_archive });
 
     /**
      * The archive an IQ may touch: the sender's own. Answers forbidden for

@@ -28,7 +28,7 @@ export function workerNodeId(config: ChorusConfig, index: number): string {
  */
 export async function superviseWorkers(config: ChorusConfig, workers: number, log: Logger): Promise<number> {
   // Schema migrations run once, here, before any worker opens the database.
-  const storage = openStorage(config.storage);
+  const storage = openStorage(config.storage, (message) => log.info(message));
   await storage.close();
 
   const byIndex = new Map<number, Worker>();

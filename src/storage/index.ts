@@ -29,16 +29,17 @@ export interface StorageConfig {
  * connects on its first operation (MongoClient connects lazily), so a server
  * that cannot be reached shows up as failing storage calls, not here.
  */
-export function openStorage(config: StorageConfig): StorageDriver {
+export function openStorage(config: StorageConfig, log?: (message: string) => void): StorageDriver {
   switch (config.driver) {
     case 'memory':
       return new MemoryDriver();
     case 'sqlite':
       if (!config.path) throw new Error('storage driver "sqlite" needs a path');
-      return SqliteDriver.open(
-        config.path,
-        config.groupCommitMs !== undefined ? { groupCommitMs: config.groupCommitMs } : {},
-      );
+      return SqliteDriver.open(config.path, {
+        ...(config.groupCommitMs !== undefined ? { groupCommitMs: config.groupCommitMs } : {}),
+        // Schema migrations report their progress here.
+        ...(log ? { log } : {}),
+      });
     case 'mongodb':
       if (!config.url) throw new Error('storage driver "mongodb" needs a url');
       return MongoDriver.open(config.url, config.database !== undefined ? { database: config.database } : {});

@@ -1,18 +1,29 @@
 // SQLite storage through better-sqlite3. better-sqlite3 is synchronous, so
 // the async API is a thin shell; what matters is write throughput, which comes
-// from group commit: writes are queued and committed together in one
-// transaction per event-loop tick (or per `groupCommitMs`), because the cost of
-// a commit (WAL append + fsync at checkpoints) dwarfs the cost of the rows.
+// from two things:
+//  - group commit: writes are queued and committed together in one
+//    transaction per batch, because the cost of a commit (WAL append, fsync
+//    at checkpoints) dwarfs the cost of the rows;
+//  - a writer thread (sqlite-writer.ts) with its own connection applies the
+//    batches, so inserts and index upkeep run beside the event loop rather
+//    than in it. One batch is in flight at a time; what is queued meanwhile
+//    goes in the next one, so batches grow with the load.
+// Reads run on this thread's connection (WAL lets them run while the writer
+// commits) and wait only for queued writes that could change what they read.
+// An in-memory database cannot be shared between connections: it is written
+// inline, on this thread, by the same code.
 
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { dirname } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { Worker } from 'node:worker_threads';
 import Database from 'better-sqlite3';
 import {
   ItemNotFoundError,
   bareJid,
   checkLimit,
   generateArchiveId,
-  textTerms,
   type ArchiveAppend,
   type ArchiveCaps,
   type ArchiveDeleteQuery,
@@ -26,73 +37,35 @@ import {
   type MapStore,
   type StorageDriver,
 } from './types.ts';
+import { BatchApplier, type Outcome, type WriteOp } from './sqlite-ops.ts';
+import {
+  filterClauses,
+  ftsMatch,
+  migrate,
+  OWNER,
+  PURGE_SQL,
+  type MigrationLog,
+  type SqlParam,
+} from './sqlite-schema.ts';
+import type { WriterData, WriterReply, WriterRequest } from './sqlite-writer.ts';
 
 export interface SqliteOptions {
   /**
    * How long writes may wait to be grouped into one transaction. 0 (default)
-   * commits on the next turn of the event loop, which already batches every
+   * sends them on the next turn of the event loop, which already batches every
    * write issued by the same burst of I/O callbacks.
    */
   groupCommitMs?: number;
-}
-
-const SCHEMA_VERSION = 1;
-
-// `seq` is an explicit INTEGER PRIMARY KEY (an alias of the rowid) so that
-// VACUUM cannot renumber it: it is both the tie-breaker for equal `when` and
-// the key the FTS index points at. Secondary indexes carry it implicitly as
-// their last column, which is what lets (when, seq) keyset paging run off
-// (host, store, user, when) without sorting.
-const SCHEMA = `
-CREATE TABLE keyval (
-  host TEXT NOT NULL, store TEXT NOT NULL, user TEXT NOT NULL, value TEXT NOT NULL,
-  PRIMARY KEY (host, store, user)
-) WITHOUT ROWID;
-
-CREATE TABLE map (
-  host TEXT NOT NULL, store TEXT NOT NULL, user TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
-  PRIMARY KEY (host, store, user, key)
-) WITHOUT ROWID;
-
-CREATE TABLE archive (
-  seq INTEGER PRIMARY KEY,
-  host TEXT NOT NULL, store TEXT NOT NULL, user TEXT NOT NULL,
-  id TEXT NOT NULL,
-  "when" INTEGER NOT NULL,
-  "with" TEXT NOT NULL,
-  bare_with TEXT NOT NULL,
-  value TEXT NOT NULL,
-  text TEXT
-);
-CREATE UNIQUE INDEX archive_id ON archive (host, store, user, id);
-CREATE INDEX archive_when ON archive (host, store, user, "when");
-CREATE INDEX archive_with ON archive (host, store, user, bare_with, "when");
--- Retention sweeps every user of a store at once.
-CREATE INDEX archive_retention ON archive (host, store, "when");
-
-CREATE VIRTUAL TABLE archive_fts USING fts5(
-  text, content = 'archive', content_rowid = 'seq', tokenize = 'unicode61 remove_diacritics 2'
-);
-CREATE TRIGGER archive_fts_insert AFTER INSERT ON archive WHEN new.text IS NOT NULL BEGIN
-  INSERT INTO archive_fts (rowid, text) VALUES (new.seq, new.text);
-END;
-CREATE TRIGGER archive_fts_delete AFTER DELETE ON archive WHEN old.text IS NOT NULL BEGIN
-  INSERT INTO archive_fts (archive_fts, rowid, text) VALUES ('delete', old.seq, old.text);
-END;
-CREATE TRIGGER archive_fts_update AFTER UPDATE OF text ON archive BEGIN
-  INSERT INTO archive_fts (archive_fts, rowid, text) SELECT 'delete', old.seq, old.text WHERE old.text IS NOT NULL;
-  INSERT INTO archive_fts (rowid, text) SELECT new.seq, new.text WHERE new.text IS NOT NULL;
-END;
-`;
-
-const USERS_PAGE = 256;
-
-type SqlParam = string | number | null;
-
-interface PendingWrite {
-  run(): unknown;
-  resolve(value: unknown): void;
-  reject(error: unknown): void;
+  /**
+   * Where writes are applied: 'thread' (default for database files), a worker
+   * thread with its own connection, or 'inline', on this thread (always for
+   * in-memory databases).
+   */
+  writer?: 'thread' | 'inline';
+  /** Idle time (ms) after which the writer catches up the full-text index [1000]. */
+  ftsIdleMs?: number;
+  /** Progress of schema migrations; defaults to lines on stderr. */
+  log?: MigrationLog;
 }
 
 interface ArchiveRow {
@@ -108,47 +81,6 @@ interface Anchor {
   seq: number;
 }
 
-type Filter = Pick<ArchiveQuery, 'start' | 'end' | 'with' | 'ids' | 'text'> & { olderThan?: number };
-
-/** WHERE clauses for the filter part of a query (everything except paging). */
-function filterClauses(filter: Filter, where: string[], params: SqlParam[]): void {
-  if (filter.start !== undefined) {
-    where.push('"when" >= ?');
-    params.push(filter.start);
-  }
-  if (filter.end !== undefined) {
-    where.push('"when" <= ?');
-    params.push(filter.end);
-  }
-  if (filter.olderThan !== undefined) {
-    where.push('"when" < ?');
-    params.push(filter.olderThan);
-  }
-  if (filter.with !== undefined) {
-    // Even a full-JID filter constrains bare_with so the (bare_with, when) index applies.
-    where.push('bare_with = ?');
-    params.push(bareJid(filter.with));
-    if (filter.with.includes('/')) {
-      where.push('"with" = ?');
-      params.push(filter.with);
-    }
-  }
-  if (filter.ids !== undefined) {
-    // One JSON parameter instead of N placeholders keeps the statement cache bounded.
-    where.push('id IN (SELECT value FROM json_each(?))');
-    params.push(JSON.stringify(filter.ids));
-  }
-  if (filter.text !== undefined) {
-    const terms = textTerms(filter.text);
-    // No searchable terms means no text constraint (an empty MATCH is a syntax error).
-    if (terms.length > 0) {
-      where.push('seq IN (SELECT rowid FROM archive_fts WHERE archive_fts MATCH ?)');
-      // Quoted terms are plain words to FTS5 (no operators); juxtaposition is AND.
-      params.push(terms.map((t) => `"${t.replaceAll('"', '""')}"`).join(' '));
-    }
-  }
-}
-
 function rowToItem<T>(row: ArchiveRow): ArchiveItem<T> {
   const item: ArchiveItem<T> = {
     id: row.id,
@@ -160,66 +92,223 @@ function rowToItem<T>(row: ArchiveRow): ArchiveItem<T> {
   return item;
 }
 
+interface BatchReply {
+  outcomes: Outcome[];
+  text?: Outcome;
+  commits: number;
+  writes: number;
+}
+
+/** Applies batches of writes somewhere and says how each went, once committed. */
+interface Writer {
+  send(ops: WriteOp[], syncText: boolean): Promise<BatchReply>;
+  /** Called with true while a batch is in flight (a thread keeps the process alive then). */
+  busy(busy: boolean): void;
+  close(): Promise<void>;
+}
+
+class InlineWriter implements Writer {
+  readonly #applier: BatchApplier;
+  constructor(db: Database.Database) {
+    this.#applier = new BatchApplier(db);
+  }
+  async send(ops: WriteOp[], syncText: boolean): Promise<BatchReply> {
+    const outcomes = this.#applier.apply(ops);
+    const reply: BatchReply = { outcomes, commits: this.#applier.commits, writes: this.#applier.writes };
+    if (syncText) {
+      try {
+        this.#applier.syncText();
+        reply.text = { ok: true, value: null };
+      } catch (err) {
+        reply.text = { ok: false, message: String((err as Error)?.message ?? err) };
+      }
+    }
+    return reply;
+  }
+  busy(): void {}
+  async close(): Promise<void> {}
+}
+
+/** Writer threads whose driver has closed, kept for the next driver opened. */
+const idleThreads: Worker[] = [];
+const MAX_IDLE_THREADS = 2;
+
+function startWriterThread(): Worker {
+  const here = import.meta.url;
+  const workerData = { sqliteWriter: true };
+  if (!here.endsWith('.ts')) return new Worker(new URL('./sqlite-writer.js', here), { workerData });
+  // Under tsx (development, tests) the worker needs the TypeScript loader as
+  // well, and Node 20 does not pass loader hooks on to workers (not even
+  // through --import in execArgv): the worker registers tsx itself. The ESM
+  // entry of tsx's API is found next to the CommonJS one (createRequire, as
+  // mocha loads this file as CommonJS; the CommonJS entry cannot register
+  // ESM hooks from a worker).
+  const cjs = createRequire(here).resolve('tsx/esm/api');
+  const esm = cjs.replace(/\.cjs$/, '.mjs');
+  const api = JSON.stringify(pathToFileURL(existsSync(esm) ? esm : cjs).href);
+  const entry = JSON.stringify(new URL('./sqlite-writer.ts', here).href);
+  return new Worker(
+    `import(${api}).then((m) => { (m.register ?? m.default.register)(); return import(${entry}); });`,
+    { eval: true, workerData },
+  );
+}
+
+class ThreadWriter implements Writer {
+  readonly #worker: Worker;
+  readonly #pending = new Map<number, { resolve(r: BatchReply): void; reject(e: unknown): void }>();
+  #next = 1;
+  #failed: Error | undefined;
+  #closed: (() => void) | undefined;
+  #exited = false;
+  readonly #onMessage = (msg: WriterReply) => {
+    if (msg.t === 'done') {
+      const p = this.#pending.get(msg.n);
+      this.#pending.delete(msg.n);
+      p?.resolve(msg);
+    } else if (msg.t === 'failed') {
+      this.#fail(new Error(`sqlite writer: ${msg.message}`));
+    } else if (msg.t === 'closed') {
+      this.#closed?.();
+    }
+  };
+  readonly #onError = (err: Error) => this.#fail(err);
+  readonly #onExit = () => {
+    this.#exited = true;
+    this.#fail(new Error('sqlite writer thread stopped'));
+    this.#closed?.();
+  };
+
+  constructor(data: WriterData) {
+    this.#worker = idleThreads.pop() ?? startWriterThread();
+    this.#worker.unref();
+    this.#worker.on('message', this.#onMessage);
+    this.#worker.on('error', this.#onError);
+    this.#worker.on('exit', this.#onExit);
+    this.#worker.postMessage({ t: 'open', ...data } satisfies WriterRequest);
+  }
+
+  #fail(err: Error): void {
+    this.#failed ??= err;
+    for (const p of this.#pending.values()) p.reject(err);
+    this.#pending.clear();
+  }
+
+  send(ops: WriteOp[], syncText: boolean): Promise<BatchReply> {
+    if (this.#failed) return Promise.reject(this.#failed);
+    const n = this.#next++;
+    return new Promise((resolve, reject) => {
+      this.#pending.set(n, { resolve, reject });
+      const msg: WriterRequest = syncText ? { t: 'batch', n, ops, syncText } : { t: 'batch', n, ops };
+      this.#worker.postMessage(msg);
+    });
+  }
+
+  busy(busy: boolean): void {
+    if (busy) this.#worker.ref();
+    else this.#worker.unref();
+  }
+
+  async close(): Promise<void> {
+    const w = this.#worker;
+    // Keep the process up until the thread has closed its connection.
+    w.ref();
+    const healthy = this.#failed === undefined;
+    if (!this.#exited) {
+      await new Promise<void>((resolve) => {
+        this.#closed = resolve;
+        w.postMessage({ t: 'close' } satisfies WriterRequest);
+      });
+    }
+    w.off('message', this.#onMessage);
+    w.off('error', this.#onError);
+    w.off('exit', this.#onExit);
+    w.unref();
+    if (healthy && this.#failed === undefined && idleThreads.length < MAX_IDLE_THREADS) idleThreads.push(w);
+    else void w.terminate();
+  }
+}
+
+interface Queued {
+  resolve(value: number | null): void;
+  reject(error: unknown): void;
+}
+
+function outcomeError(o: Extract<Outcome, { ok: false }>): Error {
+  const err = new Error(o.message) as Error & { code?: string };
+  if (o.code !== undefined) err.code = o.code;
+  return err;
+}
+
+const defaultLog: MigrationLog = (message) => process.stderr.write(`chorus storage (sqlite): ${message}\n`);
+
 export class SqliteDriver implements StorageDriver {
   readonly name = 'sqlite';
   readonly #db: Database.Database;
+  readonly #writer: Writer;
   readonly #groupCommitMs: number;
   readonly #statements = new Map<string, Database.Statement<SqlParam[]>>();
-  #queue: PendingWrite[] = [];
-  /** Cancels the scheduled commit; set while one is scheduled. */
-  #cancelCommit: (() => void) | undefined;
   #closed = false;
   #commits = 0;
-  /** Scopes with queued writes: a read commits first only when its scope is among them. */
-  readonly #pendingUsers = new Set<string>();
-  readonly #pendingStores = new Set<string>();
   #writes = 0;
-  // Calling a transaction function while a transaction is open makes
-  // better-sqlite3 use a SAVEPOINT, so one failing write in a batch is rolled
-  // back alone instead of taking the whole group down with it.
-  readonly #savepoint: (fn: () => unknown) => unknown;
 
-  private constructor(db: Database.Database, opts: SqliteOptions) {
+  // The queue: writes not yet sent, which go as batch number #queueNo.
+  #queue: WriteOp[] = [];
+  #queueCallbacks: Queued[] = [];
+  /** Scope keys of the queued writes, to clear from #pendingUsers/#pendingStores once acknowledged. */
+  #queueUsers: string[] = [];
+  #queueStores: string[] = [];
+  /** Text reads waiting for the full-text index to catch up along with the queued batch. */
+  #queueTextWaiters: Queued[] = [];
+  #queueNo = 1;
+  /** Cancels the scheduled send; set while one is scheduled. */
+  #cancelSend: (() => void) | undefined;
+  #inFlight = false;
+  /** Highest acknowledged (committed) batch number. */
+  #acked = 0;
+  /** Reads waiting for a batch to be acknowledged. */
+  #waiters: { n: number; resolve(): void; reject(e: unknown): void }[] = [];
+  /**
+   * Latest batch holding a write for a scope: a read waits for the
+   * acknowledgement of that batch only when its scope is among them.
+   */
+  readonly #pendingUsers = new Map<string, number>();
+  readonly #pendingStores = new Map<string, number>();
+
+  private constructor(db: Database.Database, writer: Writer, opts: SqliteOptions) {
     this.#db = db;
+    this.#writer = writer;
     this.#groupCommitMs = opts.groupCommitMs ?? 0;
-    this.#savepoint = db.transaction((fn: () => unknown) => fn());
   }
 
   static open(path: string, opts: SqliteOptions = {}): SqliteDriver {
     if (opts.groupCommitMs !== undefined && !(opts.groupCommitMs >= 0)) {
       throw new RangeError(`groupCommitMs must be >= 0, got ${opts.groupCommitMs}`);
     }
+    const inMemory =
+      path === ':memory:' || path === '' || (path.startsWith('file:') && path.includes('memory'));
     if (path !== ':memory:' && path !== '' && !path.startsWith('file:')) {
       mkdirSync(dirname(path), { recursive: true });
     }
     const db = new Database(path);
+    let writer: Writer;
     try {
       db.pragma('journal_mode = WAL');
       // With WAL, NORMAL only risks the last commits on power loss, never corruption.
       db.pragma('synchronous = NORMAL');
-      SqliteDriver.#migrate(db);
+      migrate(db, opts.log ?? defaultLog);
+      // Every commit of the writer thread's connection invalidates this
+      // connection's page cache; with the file mapped, reading the pages
+      // again costs no system calls.
+      if (!inMemory) db.pragma('mmap_size = 268435456');
+      writer =
+        inMemory || opts.writer === 'inline'
+          ? new InlineWriter(db)
+          : new ThreadWriter({ path, ftsIdleMs: opts.ftsIdleMs ?? 1000 });
     } catch (err) {
       db.close();
       throw err;
     }
-    return new SqliteDriver(db, opts);
-  }
-
-  static #migrate(db: Database.Database): void {
-    const version = db.pragma('user_version', { simple: true }) as number;
-    if (version === SCHEMA_VERSION) return;
-    if (version > SCHEMA_VERSION) {
-      throw new Error(
-        `database schema version ${version} is newer than this Chorus supports (${SCHEMA_VERSION})`,
-      );
-    }
-    // Two processes may open a new database at once (`chorus adduser` during
-    // a first start): take the write lock first and look again inside it.
-    db.transaction(() => {
-      if ((db.pragma('user_version', { simple: true }) as number) === SCHEMA_VERSION) return;
-      db.exec(SCHEMA);
-      db.pragma(`user_version = ${SCHEMA_VERSION}`);
-    }).immediate();
+    return new SqliteDriver(db, writer, opts);
   }
 
   // -- plumbing ------------------------------------------------------------
@@ -237,97 +326,132 @@ export class SqliteDriver implements StorageDriver {
     return s;
   }
 
-  /** Queues a write for the next group commit; resolves after that commit. */
-  #write<R>(scope: Scope, run: () => R): Promise<R> {
+  /** Queues a write for the next batch; resolves once that batch has committed. */
+  #write(storeKey: string, userKey: string, op: WriteOp): Promise<number | null> {
     try {
       this.#check();
     } catch (err) {
       return Promise.reject(err);
     }
-    this.#pendingUsers.add(scope.user);
-    this.#pendingStores.add(scope.store);
-    return new Promise<R>((resolve, reject) => {
-      this.#queue.push({ run, resolve: resolve as (value: unknown) => void, reject });
-      if (this.#cancelCommit === undefined) {
-        if (this.#groupCommitMs > 0) {
-          const t = setTimeout(() => this.#commit(), this.#groupCommitMs);
-          this.#cancelCommit = () => clearTimeout(t);
-        } else {
-          const t = setImmediate(() => this.#commit());
-          this.#cancelCommit = () => clearImmediate(t);
-        }
+    this.#pendingUsers.set(userKey, this.#queueNo);
+    this.#pendingStores.set(storeKey, this.#queueNo);
+    return new Promise<number | null>((resolve, reject) => {
+      this.#queue.push(op);
+      this.#queueCallbacks.push({ resolve, reject });
+      this.#queueUsers.push(userKey);
+      this.#queueStores.push(storeKey);
+      this.#schedule();
+    });
+  }
+
+  #schedule(): void {
+    if (this.#cancelSend !== undefined || this.#inFlight) return;
+    if (this.#groupCommitMs > 0) {
+      const t = setTimeout(() => this.#send(), this.#groupCommitMs);
+      this.#cancelSend = () => clearTimeout(t);
+    } else {
+      const t = setImmediate(() => this.#send());
+      this.#cancelSend = () => clearImmediate(t);
+    }
+  }
+
+  /** Sends the queued writes as one batch, unless one is in flight (they follow it). */
+  #send(): void {
+    this.#cancelSend?.();
+    this.#cancelSend = undefined;
+    if (this.#inFlight) return;
+    const syncText = this.#queueTextWaiters.length > 0;
+    if (this.#queue.length === 0 && !syncText) return;
+    const ops = this.#queue;
+    const callbacks = this.#queueCallbacks;
+    const users = this.#queueUsers;
+    const stores = this.#queueStores;
+    const textWaiters = this.#queueTextWaiters;
+    const n = this.#queueNo++;
+    this.#queue = [];
+    this.#queueCallbacks = [];
+    this.#queueUsers = [];
+    this.#queueStores = [];
+    this.#queueTextWaiters = [];
+    this.#inFlight = true;
+    this.#writer.busy(true);
+    const settle = (reply: BatchReply | undefined, error: unknown) => {
+      this.#inFlight = false;
+      this.#acked = n;
+      if (reply) {
+        this.#commits = reply.commits;
+        this.#writes = reply.writes;
       }
+      for (const u of users) if (this.#pendingUsers.get(u) === n) this.#pendingUsers.delete(u);
+      for (const st of stores) if (this.#pendingStores.get(st) === n) this.#pendingStores.delete(st);
+      callbacks.forEach((c, i) => {
+        const o = reply?.outcomes[i];
+        if (o === undefined) c.reject(error);
+        else if (o.ok) c.resolve(o.value);
+        else c.reject(outcomeError(o));
+      });
+      for (const w of textWaiters) {
+        const o = reply?.text;
+        if (o === undefined) w.reject(error);
+        else if (o.ok) w.resolve(null);
+        else w.reject(outcomeError(o));
+      }
+      const waiting = this.#waiters;
+      this.#waiters = [];
+      for (const w of waiting) {
+        if (w.n > n) this.#waiters.push(w);
+        else if (reply) w.resolve();
+        else w.reject(error);
+      }
+      // What queued up meanwhile goes at once: batches grow with the load.
+      if (this.#queue.length > 0 || this.#queueTextWaiters.length > 0) this.#send();
+      else this.#writer.busy(false);
+    };
+    this.#writer.send(ops, syncText).then(
+      (reply) => settle(reply, undefined),
+      (err: unknown) => settle(undefined, err),
+    );
+  }
+
+  /** Resolves once batch `n` (and every one before it) is acknowledged. */
+  #waitFor(n: number): Promise<void> {
+    if (n <= this.#acked) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      this.#waiters.push({ n, resolve, reject });
+      // A read is waiting: send the queued batch now rather than at the next tick.
+      if (n === this.#queueNo && !this.#inFlight) this.#send();
+    });
+  }
+
+  /** Resolves once every write queued so far is committed and in the full-text index. */
+  #syncText(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.#queueTextWaiters.push({ resolve: () => resolve(), reject });
+      if (!this.#inFlight) this.#send();
     });
   }
 
   /**
-   * Runs a read, first committing queued writes if any of them could change
+   * Runs a read, first waiting for queued writes if any of them could change
    * what it reads, so reads always see earlier writes. Only those: a read of
-   * one user's preferences must not force a commit of another store's
-   * queued appends, or every message would cost its own transaction and
-   * group commit would be lost on the hot path.
+   * one user's preferences must not wait for another store's queued appends,
+   * or every message would cost its own transaction and group commit would be
+   * lost on the hot path.
    */
-  async #read<R>(scope: Scope, run: () => R): Promise<R> {
+  async #read<R>(storeKey: string, userKey: string, run: () => R, text = false): Promise<R> {
     this.#check();
-    const wholeStore = scope.user === scope.store;
-    const affected = wholeStore
-      ? this.#pendingStores.has(scope.store)
-      : // this user's writes, or a queued whole-store write (a retention sweep)
-        this.#pendingUsers.has(scope.user) || this.#pendingUsers.has(scope.store);
-    if (affected) this.#commit();
+    if (text) {
+      await this.#syncText();
+    } else {
+      const wholeStore = userKey === storeKey;
+      const n = wholeStore
+        ? (this.#pendingStores.get(storeKey) ?? 0)
+        : // this user's writes, or a queued whole-store write (a retention sweep)
+          Math.max(this.#pendingUsers.get(userKey) ?? 0, this.#pendingUsers.get(storeKey) ?? 0);
+      if (n > this.#acked) await this.#waitFor(n);
+    }
+    this.#check();
     return run();
-  }
-
-  #commit(): void {
-    this.#cancelCommit?.();
-    this.#cancelCommit = undefined;
-    const batch = this.#queue;
-    this.#pendingUsers.clear();
-    this.#pendingStores.clear();
-    if (batch.length === 0) return;
-    this.#queue = [];
-    // The whole batch runs in one transaction without per-write savepoints
-    // (they cost about as much as the writes). If any write fails, the batch
-    // is rolled back and every write is retried in a savepoint of its own, so
-    // one bad write still fails alone.
-    const values: unknown[] = [];
-    let failed = false;
-    try {
-      this.#db.transaction(() => {
-        for (const w of batch) values.push(w.run());
-      })();
-    } catch {
-      failed = true;
-    }
-    if (!failed) {
-      this.#commits++;
-      this.#writes += batch.length;
-      batch.forEach((w, i) => w.resolve(values[i]));
-      return;
-    }
-    const outcomes: { ok: boolean; value: unknown }[] = [];
-    try {
-      this.#db.transaction(() => {
-        for (const w of batch) {
-          try {
-            outcomes.push({ ok: true, value: this.#savepoint(w.run) });
-          } catch (error) {
-            outcomes.push({ ok: false, value: error });
-          }
-        }
-      })();
-    } catch (error) {
-      // The commit itself failed: nothing in the batch is durable.
-      for (const w of batch) w.reject(error);
-      return;
-    }
-    this.#commits++;
-    this.#writes += batch.length;
-    batch.forEach((w, i) => {
-      const o = outcomes[i]!;
-      if (o.ok) w.resolve(o.value);
-      else w.reject(o.value);
-    });
   }
 
   /** Committed transactions and the writes they carried, to observe how well grouping works. */
@@ -337,22 +461,27 @@ export class SqliteDriver implements StorageDriver {
 
   async flush(): Promise<void> {
     this.#check();
-    this.#commit();
+    await this.#waitFor(this.#queue.length > 0 ? this.#queueNo : this.#queueNo - 1);
   }
 
   async close(): Promise<void> {
     if (this.#closed) return;
-    this.#commit();
     this.#closed = true;
-    this.#statements.clear();
-    this.#db.close();
+    try {
+      await this.#waitFor(this.#queue.length > 0 ? this.#queueNo : this.#queueNo - 1);
+    } finally {
+      await this.#writer.close();
+      this.#statements.clear();
+      this.#db.close();
+    }
   }
 
   // -- keyval --------------------------------------------------------------
 
   keyval<T = JsonValue>(host: string, store: string): KeyValStore<T> {
-    const read = <R>(user: string | null, fn: () => R) => this.#read(scopeOf(host, store, user), fn);
-    const write = <R>(user: string | null, fn: () => R) => this.#write(scopeOf(host, store, user), fn);
+    const storeKey = storeKeyOf(host, store);
+    const read = <R>(user: string | null, fn: () => R) => this.#read(storeKey, userKeyOf(storeKey, user), fn);
+    const write = (user: string, op: WriteOp) => this.#write(storeKey, userKeyOf(storeKey, user), op);
     const stmt = (sql: string) => this.#stmt(sql);
     return {
       get(user) {
@@ -366,19 +495,8 @@ export class SqliteDriver implements StorageDriver {
         });
       },
       async set(user, value) {
-        if (value === null) {
-          await write(user, () =>
-            stmt('DELETE FROM keyval WHERE host = ? AND store = ? AND user = ?').run(host, store, user),
-          );
-          return;
-        }
-        const json = JSON.stringify(value);
-        await write(user, () =>
-          stmt(
-            'INSERT INTO keyval (host, store, user, value) VALUES (?, ?, ?, ?) ' +
-              'ON CONFLICT (host, store, user) DO UPDATE SET value = excluded.value',
-          ).run(host, store, user, json),
-        );
+        const json = value === null ? null : JSON.stringify(value);
+        await write(user, { k: 'kvSet', host, store, user, value: json });
       },
       async *users() {
         // Keyset pages rather than a live iterator: better-sqlite3 refuses other
@@ -410,8 +528,9 @@ export class SqliteDriver implements StorageDriver {
   // -- map -----------------------------------------------------------------
 
   map<T = JsonValue>(host: string, store: string): MapStore<T> {
-    const read = <R>(user: string | null, fn: () => R) => this.#read(scopeOf(host, store, user), fn);
-    const write = <R>(user: string | null, fn: () => R) => this.#write(scopeOf(host, store, user), fn);
+    const storeKey = storeKeyOf(host, store);
+    const read = <R>(user: string | null, fn: () => R) => this.#read(storeKey, userKeyOf(storeKey, user), fn);
+    const write = (user: string, op: WriteOp) => this.#write(storeKey, userKeyOf(storeKey, user), op);
     const stmt = (sql: string) => this.#stmt(sql);
     return {
       get(user, key) {
@@ -426,24 +545,8 @@ export class SqliteDriver implements StorageDriver {
         });
       },
       async set(user, key, value) {
-        if (value === null) {
-          await write(user, () =>
-            stmt('DELETE FROM map WHERE host = ? AND store = ? AND user = ? AND key = ?').run(
-              host,
-              store,
-              user,
-              key,
-            ),
-          );
-          return;
-        }
-        const json = JSON.stringify(value);
-        await write(user, () =>
-          stmt(
-            'INSERT INTO map (host, store, user, key, value) VALUES (?, ?, ?, ?, ?) ' +
-              'ON CONFLICT (host, store, user, key) DO UPDATE SET value = excluded.value',
-          ).run(host, store, user, key, json),
-        );
+        const json = value === null ? null : JSON.stringify(value);
+        await write(user, { k: 'mapSet', host, store, user, key, value: json });
       },
       getAll(user) {
         return read(user, () => {
@@ -456,9 +559,7 @@ export class SqliteDriver implements StorageDriver {
         });
       },
       async deleteAll(user) {
-        await write(user, () =>
-          stmt('DELETE FROM map WHERE host = ? AND store = ? AND user = ?').run(host, store, user),
-        );
+        await write(user, { k: 'mapClear', host, store, user });
       },
     };
   }
@@ -478,13 +579,16 @@ export class SqliteDriver implements StorageDriver {
     query: ArchiveQuery,
   ): { sql: string; params: SqlParam[]; fromEnd: boolean } {
     const anchor = (id: string): Anchor => {
-      const row = this.#stmt(
-        'SELECT "when", seq FROM archive WHERE host = ? AND store = ? AND user = ? AND id = ?',
-      ).get(host, store, user, id) as Anchor | undefined;
+      const row = this.#stmt(`SELECT "when", seq FROM archive WHERE oid = ${OWNER} AND id = ?`).get(
+        host,
+        store,
+        user,
+        id,
+      ) as Anchor | undefined;
       if (!row) throw new ItemNotFoundError(id);
       return row;
     };
-    const where = ['host = ?', 'store = ?', 'user = ?'];
+    const where = [`oid = ${OWNER}`];
     const params: SqlParam[] = [host, store, user];
     if (query.after !== undefined) {
       const a = anchor(query.after);
@@ -516,21 +620,51 @@ export class SqliteDriver implements StorageDriver {
   /**
    * EXPLAIN QUERY PLAN of the page query `find` would run, one line per plan
    * step. For tests and diagnostics: a page must be an index SEARCH, never a
-   * SCAN of the archive.
+   * SCAN of the archive. Sees committed writes only.
    */
   queryPlan(host: string, store: string, user: string, query: ArchiveQuery = {}): string[] {
     this.#check();
-    this.#commit();
     const { sql, params } = this.#pageQuery(host, store, user, query);
+    return this.#explain(sql, params);
+  }
+
+  /** EXPLAIN QUERY PLAN of any statement on the reading connection (diagnostics, tests). */
+  #explain(sql: string, params: SqlParam[]): string[] {
     const rows = this.#db.prepare<SqlParam[]>(`EXPLAIN QUERY PLAN ${sql}`).all(...params) as {
       detail: string;
     }[];
     return rows.map((r) => r.detail);
   }
 
+  /**
+   * EXPLAIN QUERY PLAN of the other archive statements (count, summary, total,
+   * delete, retention), for the "indexes only" checks.
+   */
+  archivePlans(
+    host: string,
+    store: string,
+    user: string,
+    query: ArchiveQuery = {},
+  ): Record<string, string[]> {
+    this.#check();
+    const owner: SqlParam[] = [host, store, user];
+    const where = [`oid = ${OWNER}`];
+    const p: SqlParam[] = [...owner];
+    filterClauses(query, where, p);
+    return {
+      count: this.#explain(`SELECT COUNT(*) AS n FROM archive WHERE oid = ${OWNER}`, owner),
+      total: this.#explain(`SELECT COUNT(*) AS n FROM archive WHERE ${where.join(' AND ')}`, p),
+      summary: this.#explain(SUMMARY_SQL, owner),
+      delete: this.#explain(`DELETE FROM archive WHERE ${where.join(' AND ')}`, p),
+      purge: this.#explain(PURGE_SQL, [host, store, 0, 10]),
+    };
+  }
+
   archive<T = JsonValue>(host: string, store: string): ArchiveStore<T> {
-    const read = <R>(user: string | null, fn: () => R) => this.#read(scopeOf(host, store, user), fn);
-    const write = <R>(user: string | null, fn: () => R) => this.#write(scopeOf(host, store, user), fn);
+    const storeKey = storeKeyOf(host, store);
+    const read = <R>(user: string | null, fn: () => R, text = false) =>
+      this.#read(storeKey, userKeyOf(storeKey, user), fn, text);
+    const write = (user: string | null, op: WriteOp) => this.#write(storeKey, userKeyOf(storeKey, user), op);
     const stmt = (sql: string) => this.#stmt(sql);
     const pageQuery = (user: string, query: ArchiveQuery) => this.#pageQuery(host, store, user, query);
     const caps: ArchiveCaps = { total: true, fullText: true, ids: true, before: true };
@@ -539,61 +673,62 @@ export class SqliteDriver implements StorageDriver {
       caps,
       async append(user, item: ArchiveAppend<T>) {
         const id = item.id ?? generateArchiveId();
-        const when = item.when ?? Date.now();
-        const json = JSON.stringify(item.value);
-        const bare = bareJid(item.with);
-        const text = item.text ?? null;
-        const replace = item.id !== undefined;
-        await write(user, () => {
-          // Only caller-chosen ids can collide; replacing mirrors Prosody.
-          if (replace) {
-            stmt('DELETE FROM archive WHERE host = ? AND store = ? AND user = ? AND id = ?').run(
-              host,
-              store,
-              user,
-              id,
-            );
-          }
-          stmt(
-            'INSERT INTO archive (host, store, user, id, "when", "with", bare_with, value, text) ' +
-              'VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
-          ).run(host, store, user, id, when, item.with, bare, json, text);
+        await write(user, {
+          k: 'append',
+          host,
+          store,
+          user,
+          id,
+          replace: item.id !== undefined && item.fresh !== true,
+          when: item.when ?? Date.now(),
+          with: item.with,
+          bare: bareJid(item.with),
+          value: JSON.stringify(item.value),
+          text: item.text ?? null,
         });
         return id;
       },
 
       find(user, query: ArchiveQuery = {}): Promise<ArchiveResult<T>> {
-        return read(user, () => {
-          checkLimit(query.limit);
-          const { sql, params, fromEnd } = pageQuery(user, query);
-          const rows = stmt(sql).all(...params) as ArchiveRow[];
-          let complete = true;
-          if (query.limit !== undefined && rows.length > query.limit) {
-            rows.length = query.limit;
-            complete = false;
-          }
-          // Rows arrive in walking order; callers want chronological unless `reverse`.
-          if (fromEnd && !query.reverse) rows.reverse();
-          const result: ArchiveResult<T> = { items: rows.map((r) => rowToItem<T>(r)), complete };
-          if (query.total) {
-            const where = ['host = ?', 'store = ?', 'user = ?'];
-            const p: SqlParam[] = [host, store, user];
-            filterClauses(query, where, p);
-            const row = stmt(`SELECT COUNT(*) AS n FROM archive WHERE ${where.join(' AND ')}`).get(...p) as {
-              n: number;
-            };
-            result.total = row.n;
-          }
-          return result;
-        });
+        // A text query first has the writer bring the full-text index up to date.
+        const text = ftsMatch(query.text) !== null;
+        return read(
+          user,
+          () => {
+            checkLimit(query.limit);
+            const { sql, params, fromEnd } = pageQuery(user, query);
+            const rows = stmt(sql).all(...params) as ArchiveRow[];
+            let complete = true;
+            if (query.limit !== undefined && rows.length > query.limit) {
+              rows.length = query.limit;
+              complete = false;
+            }
+            // Rows arrive in walking order; callers want chronological unless `reverse`.
+            if (fromEnd && !query.reverse) rows.reverse();
+            const result: ArchiveResult<T> = { items: rows.map((r) => rowToItem<T>(r)), complete };
+            if (query.total) {
+              const where = [`oid = ${OWNER}`];
+              const p: SqlParam[] = [host, store, user];
+              filterClauses(query, where, p);
+              const row = stmt(`SELECT COUNT(*) AS n FROM archive WHERE ${where.join(' AND ')}`).get(
+                ...p,
+              ) as {
+                n: number;
+              };
+              result.total = row.n;
+            }
+            return result;
+          },
+          text,
+        );
       },
 
-      delete(user, query: ArchiveDeleteQuery = {}) {
-        const where = ['host = ?', 'store = ?', 'user = ?'];
-        const params: SqlParam[] = [host, store, user];
-        filterClauses(query, where, params);
-        const sql = `DELETE FROM archive WHERE ${where.join(' AND ')}`;
-        return write(user, () => stmt(sql).run(...params).changes);
+      async delete(user, query: ArchiveDeleteQuery = {}) {
+        const filter: ArchiveDeleteQuery = {};
+        for (const k of ['start', 'end', 'with', 'ids', 'text', 'olderThan'] as const) {
+          if (query[k] !== undefined) (filter as Record<string, unknown>)[k] = query[k];
+        }
+        return (await write(user, { k: 'delete', host, store, user, filter })) ?? 0;
       },
 
       count(user) {
@@ -601,21 +736,21 @@ export class SqliteDriver implements StorageDriver {
           user,
           () =>
             (
-              stmt('SELECT COUNT(*) AS n FROM archive WHERE host = ? AND store = ? AND user = ?').get(
-                host,
-                store,
-                user,
-              ) as { n: number }
+              stmt(`SELECT COUNT(*) AS n FROM archive WHERE oid = ${OWNER}`).get(host, store, user) as {
+                n: number;
+              }
             ).n,
         );
       },
 
       summary(user) {
         return read(user, () => {
-          const rows = stmt(
-            'SELECT "with" AS w, COUNT(*) AS n, MIN("when") AS first, MAX("when") AS last FROM archive ' +
-              'WHERE host = ? AND store = ? AND user = ? GROUP BY "with"',
-          ).all(host, store, user) as { w: string; n: number; first: number; last: number }[];
+          const rows = stmt(SUMMARY_SQL).all(host, store, user) as {
+            w: string;
+            n: number;
+            first: number;
+            last: number;
+          }[];
           return new Map<string, ArchiveSummaryEntry>(
             rows.map((r) => [r.w, { count: r.n, first: r.first, last: r.last }]),
           );
@@ -629,14 +764,7 @@ export class SqliteDriver implements StorageDriver {
         let total = 0;
         for (;;) {
           // Each batch is its own write, so other writers get in between batches.
-          const n = await write(
-            null,
-            () =>
-              stmt(
-                'DELETE FROM archive WHERE seq IN (SELECT seq FROM archive ' +
-                  'WHERE host = ? AND store = ? AND "when" < ? ORDER BY "when" LIMIT ?)',
-              ).run(host, store, when, batchSize).changes,
-          );
+          const n = (await write(null, { k: 'purge', host, store, before: when, limit: batchSize })) ?? 0;
           total += n;
           if (n < batchSize) return total;
         }
@@ -645,16 +773,20 @@ export class SqliteDriver implements StorageDriver {
   }
 }
 
-/** What a read or write touches: one user's data in a store, or a whole store. */
-interface Scope {
-  /** host, store and user; equal to `store` for whole-store operations. */
-  user: string;
-  store: string;
+const USERS_PAGE = 256;
+
+const SUMMARY_SQL =
+  'SELECT "with" AS w, COUNT(*) AS n, MIN("when") AS first, MAX("when") AS last FROM archive ' +
+  `WHERE oid = ${OWNER} GROUP BY "with"`;
+
+// What a read or write touches: one user's data in a store, or a whole store
+// (listing users, retention sweeps), which counts as touching every user of
+// the store. Keys are host, store and user joined by NULs.
+
+function storeKeyOf(host: string, store: string): string {
+  return `${host}\u0000${store}`;
 }
 
-function scopeOf(host: string, store: string, user: string | null): Scope {
-  const storeKey = `${host}\u0000${store}`;
-  // A whole-store operation (listing users, retention sweeps) counts as
-  // touching every user of the store.
-  return { store: storeKey, user: user === null ? storeKey : `${storeKey}\u0000${user}` };
+function userKeyOf(storeKey: string, user: string | null): string {
+  return user === null ? storeKey : `${storeKey}\u0000${user}`;
 }

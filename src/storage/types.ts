@@ -81,6 +81,12 @@ export type ArchiveDeleteQuery = Omit<ArchiveQuery, 'limit' | 'total' | 'reverse
 export interface ArchiveAppend<T = JsonValue> {
   /** Caller-chosen id; an existing item with the same id (same user) is replaced. */
   id?: string;
+  /**
+   * The caller vouches that `id` is new to this archive (e.g. it came from
+   * generateArchiveId), so a driver may skip looking for an item to replace.
+   * Lets a caller know the id before the append completes.
+   */
+  fresh?: boolean;
   /** Defaults to now. */
   when?: number;
   with: string;

@@ -727,3 +727,52 @@ describe('message archive retention job', function () {
     expect(String(error)).to.match(/retention/);
   });
 });
+
+for (const waitForArchive of [false, true])
+  describe(`message archiving with wait_for_archive: ${waitForArchive} (sqlite storage)`, function () {
+    this.timeout(20_000);
+
+    it('gives both archives the message, and each stanza-id finds it at once', async () => {
+      const server = await startTestServer({
+        yaml: `${MODULES}\nmodule_options: { mam: { wait_for_archive: ${waitForArchive} } }`,
+        sqlite: true,
+      });
+      const clients: XmppClient[] = [];
+      try {
+        await server.addUser('romeo', PASSWORD);
+        await server.addUser('juliet', PASSWORD);
+        const r = await XmppClient.connect({ port: server.port, name: 'romeo' });
+        const j = await XmppClient.connect({ port: server.port, name: 'juliet' });
+        clients.push(r, j);
+        await r.login('romeo', PASSWORD, { resource: 'a' });
+        await j.login('juliet', PASSWORD, { resource: 'b' });
+        j.send('<presence/>');
+        await j.expect(`<presence from='${j.jid}'/>`);
+        const juliet = `juliet@${server.domain}`;
+        const ids: string[] = [];
+        for (let i = 0; i < 5; i++) {
+          r.send(`<message to='${juliet}' type='chat'><body>m${i}</body></message>`);
+          const got = await j.expect(`<message type='chat'><body>m${i}</body></message>`);
+          ids.push(got.getChild('stanza-id', NS_SID)!.attrs.id as string);
+          // Asked straight away, the recipient's archive already has it.
+          expect(bodies(await query(j, form({ ids: ids[i]! })))).to.deep.equal([`m${i}`]);
+        }
+        // A burst, then one query for all of it.
+        for (let i = 5; i < 20; i++)
+          r.send(`<message to='${juliet}' type='chat'><body>m${i}</body></message>`);
+        for (let i = 5; i < 20; i++) {
+          const got = await j.expect(`<message type='chat'><body>m${i}</body></message>`);
+          ids.push(got.getChild('stanza-id', NS_SID)!.attrs.id as string);
+        }
+        expect(bodies(await query(j, form({ ids: ids.slice(5) }) + set('<max>50</max>')))).to.deep.equal(
+          Array.from({ length: 15 }, (_, i) => `m${i + 5}`),
+        );
+        expect(bodies(await query(r, set('<max>50</max>')))).to.deep.equal(
+          Array.from({ length: 20 }, (_, i) => `m${i}`),
+        );
+      } finally {
+        await Promise.all(clients.map((c) => c.shutdown()));
+        await server.stop();
+      }
+    });
+  });

@@ -1,0 +1,221 @@
+// Every write the SQLite driver makes, as plain data (so that it can cross to
+// a worker thread), and the code that applies a batch of them to a
+// connection in one transaction (group commit). sqlite-writer.ts runs this in
+// a worker; sqlite.ts runs it inline for in-memory databases.
+
+import type Database from 'better-sqlite3';
+import { filterClauses, ftsMatch, OWNER, PURGE_SQL, type Filter, type SqlParam } from './sqlite-schema.ts';
+
+export type WriteOp =
+  | { k: 'kvSet'; host: string; store: string; user: string; value: string | null }
+  | { k: 'mapSet'; host: string; store: string; user: string; key: string; value: string | null }
+  | { k: 'mapClear'; host: string; store: string; user: string }
+  | {
+      k: 'append';
+      host: string;
+      store: string;
+      user: string;
+      id: string;
+      /** The id was chosen by the caller: an existing item with it is replaced. */
+      replace: boolean;
+      when: number;
+      with: string;
+      bare: string;
+      value: string;
+      text: string | null;
+    }
+  | { k: 'delete'; host: string; store: string; user: string; filter: Filter }
+  | { k: 'purge'; host: string; store: string; before: number; limit: number };
+
+/** The outcome of one write: its result, or the error it failed with. */
+export type Outcome = { ok: true; value: number | null } | { ok: false; message: string; code?: string };
+
+/** Rows indexed per transaction when the full-text index catches up. */
+const FTS_CHUNK = 2000;
+
+export class BatchApplier {
+  readonly #db: Database.Database;
+  readonly #statements = new Map<string, Database.Statement<SqlParam[]>>();
+  /** (host, store, user) -> oid, for owners known to exist. */
+  readonly #owners = new Map<string, number>();
+  readonly #savepoint: (fn: () => number | null) => number | null;
+  commits = 0;
+  writes = 0;
+
+  constructor(db: Database.Database) {
+    this.#db = db;
+    // Calling a transaction function while a transaction is open makes
+    // better-sqlite3 use a SAVEPOINT, so one failing write in a batch is rolled
+    // back alone instead of taking the whole group down with it.
+    this.#savepoint = db.transaction((fn: () => number | null) => fn());
+  }
+
+  #stmt(sql: string): Database.Statement<SqlParam[]> {
+    let s = this.#statements.get(sql);
+    if (!s) {
+      s = this.#db.prepare<SqlParam[]>(sql);
+      this.#statements.set(sql, s);
+    }
+    return s;
+  }
+
+  /** The owner id of an archive, created on first use. Only called inside a transaction. */
+  #owner(host: string, store: string, user: string): number {
+    const key = `${host}\u0000${store}\u0000${user}`;
+    let oid = this.#owners.get(key);
+    if (oid === undefined) {
+      const row = this.#stmt('SELECT oid FROM archive_owner WHERE host = ? AND store = ? AND user = ?').get(
+        host,
+        store,
+        user,
+      ) as { oid: number } | undefined;
+      oid =
+        row?.oid ??
+        Number(
+          this.#stmt('INSERT INTO archive_owner (host, store, user) VALUES (?, ?, ?)').run(host, store, user)
+            .lastInsertRowid,
+        );
+      // Bounded: a forgotten owner is only looked up again.
+      if (this.#owners.size >= 100_000) this.#owners.clear();
+      this.#owners.set(key, oid);
+    }
+    return oid;
+  }
+
+  #run(op: WriteOp): number | null {
+    const stmt = (sql: string) => this.#stmt(sql);
+    switch (op.k) {
+      case 'kvSet':
+        if (op.value === null) {
+          stmt('DELETE FROM keyval WHERE host = ? AND store = ? AND user = ?').run(
+            op.host,
+            op.store,
+            op.user,
+          );
+        } else {
+          stmt(
+            'INSERT INTO keyval (host, store, user, value) VALUES (?, ?, ?, ?) ' +
+              'ON CONFLICT (host, store, user) DO UPDATE SET value = excluded.value',
+          ).run(op.host, op.store, op.user, op.value);
+        }
+        return null;
+      case 'mapSet':
+        if (op.value === null) {
+          stmt('DELETE FROM map WHERE host = ? AND store = ? AND user = ? AND key = ?').run(
+            op.host,
+            op.store,
+            op.user,
+            op.key,
+          );
+        } else {
+          stmt(
+            'INSERT INTO map (host, store, user, key, value) VALUES (?, ?, ?, ?, ?) ' +
+              'ON CONFLICT (host, store, user, key) DO UPDATE SET value = excluded.value',
+          ).run(op.host, op.store, op.user, op.key, op.value);
+        }
+        return null;
+      case 'mapClear':
+        stmt('DELETE FROM map WHERE host = ? AND store = ? AND user = ?').run(op.host, op.store, op.user);
+        return null;
+      case 'append': {
+        const oid = this.#owner(op.host, op.store, op.user);
+        // Only caller-chosen ids can collide; replacing mirrors Prosody.
+        if (op.replace) stmt('DELETE FROM archive WHERE oid = ? AND id = ?').run(oid, op.id);
+        stmt(
+          'INSERT INTO archive (oid, id, "when", "with", bare_with, value, text) VALUES (?, ?, ?, ?, ?, ?, ?)',
+        ).run(oid, op.id, op.when, op.with, op.bare, op.value, op.text);
+        return null;
+      }
+      case 'delete': {
+        // A text filter selects through the full-text index: bring it up to date first.
+        if (ftsMatch(op.filter.text) !== null) this.syncText();
+        const where = [`oid = ${OWNER}`];
+        const params: SqlParam[] = [op.host, op.store, op.user];
+        filterClauses(op.filter, where, params);
+        return stmt(`DELETE FROM archive WHERE ${where.join(' AND ')}`).run(...params).changes;
+      }
+      case 'purge':
+        return stmt(PURGE_SQL).run(op.host, op.store, op.before, op.limit).changes;
+    }
+  }
+
+  /**
+   * Applies a batch in one transaction and says how each write went. The
+   * whole batch runs without per-write savepoints (they cost about as much as
+   * the writes). If any write fails, the batch is rolled back and every write
+   * is retried in a savepoint of its own, so one bad write still fails alone.
+   */
+  apply(batch: WriteOp[]): Outcome[] {
+    if (batch.length === 0) return [];
+    const values: (number | null)[] = [];
+    try {
+      this.#db.transaction(() => {
+        for (const op of batch) values.push(this.#run(op));
+      })();
+      this.commits++;
+      this.writes += batch.length;
+      return values.map((value) => ({ ok: true, value }));
+    } catch {
+      // An owner created by the rolled-back transaction is gone again.
+      this.#owners.clear();
+    }
+    const outcomes: Outcome[] = [];
+    try {
+      this.#db.transaction(() => {
+        for (const op of batch) {
+          try {
+            outcomes.push({ ok: true, value: this.#savepoint(() => this.#run(op)) });
+          } catch (error) {
+            outcomes.push(failure(error));
+          }
+        }
+      })();
+    } catch (error) {
+      // The commit itself failed: nothing in the batch is durable.
+      this.#owners.clear();
+      return batch.map(() => failure(error));
+    }
+    this.commits++;
+    this.writes += batch.length;
+    return outcomes;
+  }
+
+  /**
+   * Adds up to `max` not yet indexed rows to the full-text index, in one
+   * transaction; resolves to whether rows may remain.
+   */
+  indexText(max = FTS_CHUNK): boolean {
+    return this.#db.transaction(() => {
+      const mark = (
+        this.#stmt("SELECT value FROM archive_meta WHERE key = 'fts_indexed'").get() as { value: number }
+      ).value;
+      const rows = this.#stmt(
+        'SELECT seq, text FROM archive WHERE seq > ? AND text IS NOT NULL ORDER BY seq LIMIT ?',
+      ).all(mark, max) as { seq: number; text: string }[];
+      const insert = this.#stmt('INSERT INTO archive_fts (rowid, text) VALUES (?, ?)');
+      for (const r of rows) insert.run(r.seq, r.text);
+      const more = rows.length === max;
+      // With nothing left to index, everything up to the newest row is done.
+      const next = more
+        ? rows[rows.length - 1]!.seq
+        : Math.max(
+            mark,
+            (this.#stmt('SELECT MAX(seq) AS s FROM archive').get() as { s: number | null }).s ?? 0,
+          );
+      if (next !== mark) this.#stmt("UPDATE archive_meta SET value = ? WHERE key = 'fts_indexed'").run(next);
+      return more;
+    })();
+  }
+
+  /** Brings the full-text index up to date with every committed row. */
+  syncText(): void {
+    while (this.indexText());
+  }
+}
+
+export function failure(error: unknown): Outcome {
+  const e = error as { message?: unknown; code?: unknown };
+  const out: Outcome = { ok: false, message: typeof e?.message === 'string' ? e.message : String(error) };
+  if (typeof e?.code === 'string') out.code = e.code;
+  return out;
+}

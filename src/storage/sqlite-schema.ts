@@ -1,0 +1,219 @@
+// The SQLite driver's schema, its migrations, and the SQL shared by the
+// driver's reading connection (sqlite.ts) and its writer (sqlite-ops.ts, run
+// in a worker thread by sqlite-writer.ts).
+//
+// Schema 2 (issue 5: archiving at 70% of non-archiving throughput) makes an
+// archived row cheap to insert:
+//  - an archive's owner, (host, store, user), is a small integer (`oid`, from
+//    archive_owner) instead of three strings repeated in every row and index
+//    entry;
+//  - three indexes, each serving a query that runs: (oid, id) for id lookups
+//    (paging anchors, `ids`, replacing a caller-chosen id), (oid, when) for the
+//    timeline, (oid, bare_with, when) for `with`. Retention across a store
+//    walks each owner's (oid, when) instead of keeping a fourth index;
+//  - the full-text index is filled after the fact, in batches, by the writer
+//    (when idle, and before any text query runs) instead of by a trigger per
+//    row: archive_meta.fts_indexed is the highest `seq` whose text is in
+//    archive_fts. `seq` is AUTOINCREMENT so that a value is never reused and
+//    the mark stays meaningful after deletes.
+
+import type Database from 'better-sqlite3';
+import { bareJid, textTerms, type ArchiveQuery } from './types.ts';
+
+export const SCHEMA_VERSION = 2;
+
+export type SqlParam = string | number | null;
+
+const TABLES = `
+CREATE TABLE keyval (
+  host TEXT NOT NULL, store TEXT NOT NULL, user TEXT NOT NULL, value TEXT NOT NULL,
+  PRIMARY KEY (host, store, user)
+) WITHOUT ROWID;
+
+CREATE TABLE map (
+  host TEXT NOT NULL, store TEXT NOT NULL, user TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+  PRIMARY KEY (host, store, user, key)
+) WITHOUT ROWID;
+`;
+
+// `seq` is an explicit INTEGER PRIMARY KEY (an alias of the rowid) so that
+// VACUUM cannot renumber it: it is both the tie-breaker for equal `when` and
+// the key the FTS index points at. Secondary indexes carry it implicitly as
+// their last column, which is what lets (when, seq) keyset paging run off
+// (oid, when) without sorting.
+const ARCHIVE = `
+CREATE TABLE archive_owner (
+  oid INTEGER PRIMARY KEY,
+  host TEXT NOT NULL, store TEXT NOT NULL, user TEXT NOT NULL,
+  UNIQUE (host, store, user)
+);
+CREATE TABLE archive (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  oid INTEGER NOT NULL,
+  id TEXT NOT NULL,
+  "when" INTEGER NOT NULL,
+  "with" TEXT NOT NULL,
+  bare_with TEXT NOT NULL,
+  value TEXT NOT NULL,
+  text TEXT
+);
+CREATE TABLE archive_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO archive_meta (key, value) VALUES ('fts_indexed', 0);
+CREATE VIRTUAL TABLE archive_fts USING fts5(
+  text, content = 'archive', content_rowid = 'seq', tokenize = 'unicode61 remove_diacritics 2'
+);
+-- Only rows already indexed have index entries to take out.
+CREATE TRIGGER archive_fts_delete AFTER DELETE ON archive
+WHEN old.text IS NOT NULL AND old.seq <= (SELECT value FROM archive_meta WHERE key = 'fts_indexed') BEGIN
+  INSERT INTO archive_fts (archive_fts, rowid, text) VALUES ('delete', old.seq, old.text);
+END;
+`;
+
+const ARCHIVE_INDEXES = `
+CREATE UNIQUE INDEX archive_id ON archive (oid, id);
+CREATE INDEX archive_when ON archive (oid, "when");
+CREATE INDEX archive_with ON archive (oid, bare_with, "when");
+`;
+
+/** Rows copied per step of the 1 -> 2 migration, with a progress line after each. */
+const MIGRATION_CHUNK = 50_000;
+
+export type MigrationLog = (message: string) => void;
+
+/** Brings a database to SCHEMA_VERSION: creates it, or migrates an older one in place. */
+export function migrate(db: Database.Database, log: MigrationLog): void {
+  const version = db.pragma('user_version', { simple: true }) as number;
+  if (version === SCHEMA_VERSION) return;
+  if (version > SCHEMA_VERSION) {
+    throw new Error(
+      `database schema version ${version} is newer than this Chorus supports (${SCHEMA_VERSION})`,
+    );
+  }
+  // Two processes may open a new database at once (`chorus adduser` during
+  // a first start): take the write lock first and look again inside it.
+  db.transaction(() => {
+    const v = db.pragma('user_version', { simple: true }) as number;
+    if (v === SCHEMA_VERSION) return;
+    if (v === 0) {
+      db.exec(TABLES + ARCHIVE + ARCHIVE_INDEXES);
+    } else if (v === 1) {
+      migrate1to2(db, log);
+    } else {
+      throw new Error(`unknown database schema version ${v}`);
+    }
+    db.pragma(`user_version = ${SCHEMA_VERSION}`);
+  }).immediate();
+}
+
+/**
+ * Schema 1 kept (host, store, user) in every archive row, four indexes and a
+ * per-row FTS trigger. The rows are copied, in `seq` order and keeping `seq`,
+ * into the new table; the full-text index is rebuilt lazily afterwards (the
+ * mark starts at 0), so the migration itself costs one pass over the rows.
+ * Runs inside the caller's transaction: an interrupted migration leaves the
+ * old schema as it was.
+ */
+function migrate1to2(db: Database.Database, log: MigrationLog): void {
+  const total = (db.prepare('SELECT COUNT(*) AS n FROM archive').get() as { n: number }).n;
+  const started = Date.now();
+  if (total > 0) log(`migrating the archive to schema ${SCHEMA_VERSION}: ${total} rows to copy`);
+  db.exec(`
+    DROP TRIGGER IF EXISTS archive_fts_insert;
+    DROP TRIGGER IF EXISTS archive_fts_delete;
+    DROP TRIGGER IF EXISTS archive_fts_update;
+    DROP TABLE IF EXISTS archive_fts;
+    DROP INDEX IF EXISTS archive_id;
+    DROP INDEX IF EXISTS archive_when;
+    DROP INDEX IF EXISTS archive_with;
+    DROP INDEX IF EXISTS archive_retention;
+    ALTER TABLE archive RENAME TO archive_v1;
+  `);
+  db.exec(ARCHIVE);
+  db.exec(
+    'INSERT INTO archive_owner (host, store, user) SELECT DISTINCT host, store, user FROM archive_v1 ORDER BY 1, 2, 3',
+  );
+  const copy = db.prepare(
+    'INSERT INTO archive (seq, oid, id, "when", "with", bare_with, value, text) ' +
+      'SELECT a.seq, o.oid, a.id, a."when", a."with", a.bare_with, a.value, a.text ' +
+      'FROM archive_v1 a JOIN archive_owner o ON o.host = a.host AND o.store = a.store AND o.user = a.user ' +
+      'WHERE a.seq > ? ORDER BY a.seq LIMIT ?',
+  );
+  const lastCopied = db.prepare('SELECT MAX(seq) AS s FROM archive');
+  let done = 0;
+  let mark = 0;
+  for (;;) {
+    const n = copy.run(mark, MIGRATION_CHUNK).changes;
+    if (n === 0) break;
+    done += n;
+    mark = (lastCopied.get() as { s: number }).s;
+    if (total > MIGRATION_CHUNK) log(`migrating the archive: ${done}/${total} rows copied`);
+    if (n < MIGRATION_CHUNK) break;
+  }
+  db.exec('DROP TABLE archive_v1');
+  // Indexes are built once at the end: faster than maintaining them row by row.
+  db.exec(ARCHIVE_INDEXES);
+  if (total > 0) {
+    log(
+      `migrated the archive to schema ${SCHEMA_VERSION}: ${done} rows in ${Date.now() - started} ms; ` +
+        'the full-text index is rebuilt in the background',
+    );
+  }
+}
+
+// ---------------------------------------------------------------------------
+// SQL shared by reader and writer.
+
+/** The owner id of (host, store, user), as a scalar subquery taking those three parameters. */
+export const OWNER = '(SELECT oid FROM archive_owner WHERE host = ? AND store = ? AND user = ?)';
+
+/** Retention across a store, owner by owner along (oid, when): no index on `when` alone is kept for it. */
+export const PURGE_SQL =
+  'DELETE FROM archive WHERE seq IN (SELECT a.seq FROM archive_owner o JOIN archive a ON a.oid = o.oid ' +
+  'WHERE o.host = ? AND o.store = ? AND a."when" < ? LIMIT ?)';
+
+export type Filter = Pick<ArchiveQuery, 'start' | 'end' | 'with' | 'ids' | 'text'> & { olderThan?: number };
+
+/** The FTS5 query for a text filter, or null when it has no searchable terms. */
+export function ftsMatch(text: string | undefined): string | null {
+  if (text === undefined) return null;
+  const terms = textTerms(text);
+  // No searchable terms means no text constraint (an empty MATCH is a syntax error).
+  if (terms.length === 0) return null;
+  // Quoted terms are plain words to FTS5 (no operators); juxtaposition is AND.
+  return terms.map((t) => `"${t.replaceAll('"', '""')}"`).join(' ');
+}
+
+/** WHERE clauses for the filter part of a query (everything except paging). */
+export function filterClauses(filter: Filter, where: string[], params: SqlParam[]): void {
+  if (filter.start !== undefined) {
+    where.push('"when" >= ?');
+    params.push(filter.start);
+  }
+  if (filter.end !== undefined) {
+    where.push('"when" <= ?');
+    params.push(filter.end);
+  }
+  if (filter.olderThan !== undefined) {
+    where.push('"when" < ?');
+    params.push(filter.olderThan);
+  }
+  if (filter.with !== undefined) {
+    // Even a full-JID filter constrains bare_with so the (bare_with, when) index applies.
+    where.push('bare_with = ?');
+    params.push(bareJid(filter.with));
+    if (filter.with.includes('/')) {
+      where.push('"with" = ?');
+      params.push(filter.with);
+    }
+  }
+  if (filter.ids !== undefined) {
+    // One JSON parameter instead of N placeholders keeps the statement cache bounded.
+    where.push('id IN (SELECT value FROM json_each(?))');
+    params.push(JSON.stringify(filter.ids));
+  }
+  const match = ftsMatch(filter.text);
+  if (match !== null) {
+    where.push('seq IN (SELECT rowid FROM archive_fts WHERE archive_fts MATCH ?)');
+    params.push(match);
+  }
+}

@@ -1,0 +1,326 @@
+// The SQLite driver's archive beyond the conformance suite: the writer
+// thread, the full-text index filled after the fact, the plans of every
+// archive statement, and the migration from schema 1.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { expect } from 'chai';
+import Database from 'better-sqlite3';
+import { SqliteDriver } from '../../src/storage/sqlite.ts';
+import { SCHEMA_VERSION } from '../../src/storage/sqlite-schema.ts';
+import { runStorageConformance } from './conformance.ts';
+
+const tmp = mkdtempSync(join(tmpdir(), 'chorus-sqlite-archive-'));
+let fileNo = 0;
+const freshPath = () => join(tmp, `db${++fileNo}`, 'chorus.sqlite');
+
+after(function () {
+  rmSync(tmp, { recursive: true, force: true });
+});
+
+// The same code applies writes on this thread for in-memory databases.
+runStorageConformance('sqlite (inline writer)', async () =>
+  SqliteDriver.open(freshPath(), { writer: 'inline' }),
+);
+
+/** The schema Chorus created before schema 2, as it was. */
+const SCHEMA_1 = `
+CREATE TABLE keyval (
+  host TEXT NOT NULL, store TEXT NOT NULL, user TEXT NOT NULL, value TEXT NOT NULL,
+  PRIMARY KEY (host, store, user)
+) WITHOUT ROWID;
+CREATE TABLE map (
+  host TEXT NOT NULL, store TEXT NOT NULL, user TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+  PRIMARY KEY (host, store, user, key)
+) WITHOUT ROWID;
+CREATE TABLE archive (
+  seq INTEGER PRIMARY KEY,
+  host TEXT NOT NULL, store TEXT NOT NULL, user TEXT NOT NULL,
+  id TEXT NOT NULL,
+  "when" INTEGER NOT NULL,
+  "with" TEXT NOT NULL,
+  bare_with TEXT NOT NULL,
+  value TEXT NOT NULL,
+  text TEXT
+);
+CREATE UNIQUE INDEX archive_id ON archive (host, store, user, id);
+CREATE INDEX archive_when ON archive (host, store, user, "when");
+CREATE INDEX archive_with ON archive (host, store, user, bare_with, "when");
+CREATE INDEX archive_retention ON archive (host, store, "when");
+CREATE VIRTUAL TABLE archive_fts USING fts5(
+  text, content = 'archive', content_rowid = 'seq', tokenize = 'unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER archive_fts_insert AFTER INSERT ON archive WHEN new.text IS NOT NULL BEGIN
+  INSERT INTO archive_fts (rowid, text) VALUES (new.seq, new.text);
+END;
+CREATE TRIGGER archive_fts_delete AFTER DELETE ON archive WHEN old.text IS NOT NULL BEGIN
+  INSERT INTO archive_fts (archive_fts, rowid, text) VALUES ('delete', old.seq, old.text);
+END;
+CREATE TRIGGER archive_fts_update AFTER UPDATE OF text ON archive BEGIN
+  INSERT INTO archive_fts (archive_fts, rowid, text) SELECT 'delete', old.seq, old.text WHERE old.text IS NOT NULL;
+  INSERT INTO archive_fts (rowid, text) SELECT new.seq, new.text WHERE new.text IS NOT NULL;
+END;
+`;
+
+function ftsMark(path: string): { mark: number; max: number } {
+  const raw = new Database(path, { readonly: true });
+  try {
+    const mark = (
+      raw.prepare("SELECT value FROM archive_meta WHERE key = 'fts_indexed'").get() as { value: number }
+    ).value;
+    const max = (raw.prepare('SELECT MAX(seq) AS s FROM archive').get() as { s: number | null }).s ?? 0;
+    return { mark, max };
+  } finally {
+    raw.close();
+  }
+}
+
+function ftsIntegrity(path: string): void {
+  const raw = new Database(path);
+  try {
+    raw.exec("INSERT INTO archive_fts (archive_fts) VALUES ('integrity-check')");
+  } finally {
+    raw.close();
+  }
+}
+
+describe('sqlite archive', function () {
+  it('commits in a writer thread: an acknowledged append is visible to another connection', async function () {
+    const path = freshPath();
+    const d = SqliteDriver.open(path);
+    const a = d.archive<number>('h', 'a');
+    const id = await a.append('u', { with: 'x@y', value: 1 });
+    const raw = new Database(path, { readonly: true });
+    expect(raw.prepare('SELECT id FROM archive').all()).to.deep.equal([{ id }]);
+    raw.close();
+    await d.close();
+  });
+
+  it('lets a caller know a fresh id before the append completes, and sees it from an immediate read', async function () {
+    const d = SqliteDriver.open(freshPath());
+    const a = d.archive<number>('h', 'a');
+    const pending = a.append('u', { id: 'chosen-id-0001', fresh: true, with: 'x@y', value: 1 });
+    const found = await a.find('u', { ids: ['chosen-id-0001'] });
+    expect(found.items.map((i) => i.value)).to.deep.equal([1]);
+    expect(await pending).to.equal('chosen-id-0001');
+    await d.close();
+  });
+
+  it('fills the full-text index before a text query, and keeps it consistent through deletes', async function () {
+    const path = freshPath();
+    // No background indexing during the test: only text queries index.
+    const d = SqliteDriver.open(path, { ftsIdleMs: 60_000 });
+    const a = d.archive<number>('h', 'a');
+    const ids: string[] = [];
+    for (let i = 0; i < 20; i++)
+      ids.push(await a.append('u', { when: i, with: 'x@y', value: i, text: `word${i} common` }));
+    expect(ftsMark(path).mark).to.equal(0);
+    // Deleting rows that were never indexed must not touch the index.
+    expect(await a.delete('u', { ids: [ids[0]!] })).to.equal(1);
+    // An un-awaited append is found by an immediate text query.
+    void a.append('u', { when: 100, with: 'x@y', value: 100, text: 'word100 common' });
+    expect((await a.find('u', { text: 'word100' })).items.map((i) => i.value)).to.deep.equal([100]);
+    const { mark, max } = ftsMark(path);
+    expect(mark).to.equal(max);
+    expect((await a.find('u', { text: 'common', total: true })).total).to.equal(20);
+    // Deleting indexed rows takes them out of the index, by text filter too.
+    expect(await a.delete('u', { text: 'word5' })).to.equal(1);
+    expect(await a.delete('u', { ids: [ids[6]!] })).to.equal(1);
+    expect((await a.find('u', { text: 'common', total: true })).total).to.equal(18);
+    // Rows appended after the last text query are indexed by the next one.
+    await a.append('u', { when: 200, with: 'x@y', value: 200, text: 'later common' });
+    expect((await a.find('u', { text: 'later' })).items.map((i) => i.value)).to.deep.equal([200]);
+    await d.close();
+    ftsIntegrity(path);
+  });
+
+  it('catches the full-text index up in the background when idle', async function () {
+    const path = freshPath();
+    const d = SqliteDriver.open(path, { ftsIdleMs: 10 });
+    const a = d.archive<number>('h', 'a');
+    await Promise.all(
+      Array.from({ length: 50 }, (_, i) => a.append('u', { with: 'x@y', value: i, text: `t${i}` })),
+    );
+    for (let i = 0; i < 100 && ftsMark(path).mark < 50; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(ftsMark(path).mark).to.equal(50);
+    await d.close();
+    ftsIntegrity(path);
+  });
+
+  it('runs every archive statement off an index, never a scan of the archive', async function () {
+    const d = SqliteDriver.open(freshPath());
+    const a = d.archive<number>('h', 'a');
+    for (let i = 0; i < 20; i++)
+      await a.append('u', { when: i, with: i % 2 ? 'x@y/r' : 'z@y', value: i, text: 'w' });
+    const queries = [{}, { with: 'x@y' }, { with: 'x@y/r', start: 3 }, { start: 2, end: 9 }, { text: 'w' }];
+    for (const q of queries) {
+      for (const [what, plan] of Object.entries(d.archivePlans('h', 'a', 'u', q))) {
+        const text = plan.join('\n');
+        expect(text, `${what} ${JSON.stringify(q)}`).not.to.match(/SCAN (archive|a|o|archive_owner)\b/);
+        expect(text, `${what} ${JSON.stringify(q)}`).to.match(/SEARCH (archive|a)\b/);
+      }
+    }
+    await d.close();
+  });
+
+  it('purges across owners along each owner’s timeline', async function () {
+    const d = SqliteDriver.open(freshPath());
+    const a = d.archive<number>('h', 'a');
+    for (const u of ['u', 'v', 'w'])
+      for (let i = 0; i < 10; i++) await a.append(u, { when: i, with: 'x@y', value: i });
+    await d.archive<number>('h', 'b').append('u', { when: 0, with: 'x@y', value: 0 });
+    expect(await a.deleteOlderThan!(5, 4)).to.equal(15);
+    for (const u of ['u', 'v', 'w']) expect(await a.count(u)).to.equal(5);
+    expect(await d.archive('h', 'b').count('u')).to.equal(1);
+    await d.close();
+  });
+
+  it('stops its writer thread on close, and rejects writes afterwards', async function () {
+    const d = SqliteDriver.open(freshPath());
+    const kv = d.keyval<number>('h', 's');
+    const pending = kv.set('u', 1);
+    await d.close();
+    await pending;
+    let err: unknown;
+    try {
+      await kv.set('u', 2);
+    } catch (e) {
+      err = e;
+    }
+    expect(String(err)).to.match(/closed/);
+  });
+
+  describe(`migration from schema 1 to ${SCHEMA_VERSION}`, function () {
+    function makeSchema1(path: string, rows: number): void {
+      const raw = new Database(path);
+      raw.pragma('journal_mode = WAL');
+      raw.exec(SCHEMA_1);
+      raw.pragma('user_version = 1');
+      raw.prepare("INSERT INTO keyval VALUES ('h', 'kv', 'u', '{\"v\":1}')").run();
+      raw.prepare("INSERT INTO map VALUES ('h', 'm', 'u', 'k', '[1,2]')").run();
+      const insert = raw.prepare(
+        'INSERT INTO archive (host, store, user, id, "when", "with", bare_with, value, text) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      );
+      raw.transaction(() => {
+        for (let i = 0; i < rows; i++) {
+          const user = ['alice', 'bob', 'carol'][i % 3]!;
+          const w = i % 2 ? 'x@y/r' : 'z@y';
+          insert.run(
+            'h',
+            i % 5 === 4 ? 'other' : 'archive',
+            user,
+            `id${i}`,
+            1000 + (i >> 1),
+            w,
+            w.split('/')[0],
+            JSON.stringify(i),
+            i % 4 ? `text number${i}` : null,
+          );
+        }
+      })();
+      // A deleted row leaves a gap in seq, as real archives have.
+      raw.prepare("DELETE FROM archive WHERE id = 'id7'").run();
+      raw.close();
+    }
+
+    it('keeps every archived item, its id, order and text, and the other stores', async function () {
+      const path = freshPath();
+      const { mkdirSync } = await import('node:fs');
+      mkdirSync(join(path, '..'), { recursive: true });
+      makeSchema1(path, 300);
+      const old = new Database(path, { readonly: true });
+      const before = old
+        .prepare('SELECT host, store, user, id, "when", "with", value, text FROM archive ORDER BY seq')
+        .all();
+      old.close();
+
+      const lines: string[] = [];
+      const d = SqliteDriver.open(path, { log: (m) => lines.push(m) });
+      expect(lines.join('\n')).to.match(/migrating the archive to schema 2: 299 rows/);
+      expect(lines.join('\n')).to.match(/migrated the archive to schema 2: 299 rows/);
+      expect(await d.keyval('h', 'kv').get('u')).to.deep.equal({ v: 1 });
+      expect(await d.map('h', 'm').get('u', 'k')).to.deep.equal([1, 2]);
+
+      const after: unknown[] = [];
+      for (const store of ['archive', 'other']) {
+        for (const user of ['alice', 'bob', 'carol']) {
+          for (const item of (await d.archive<number>('h', store).find(user)).items) {
+            after.push({
+              host: 'h',
+              store,
+              user,
+              id: item.id,
+              when: item.when,
+              with: item.with,
+              value: JSON.stringify(item.value),
+              text: item.text ?? null,
+            });
+          }
+        }
+      }
+      const key = (r: unknown) => JSON.stringify(r);
+      expect(after.map(key).sort()).to.deep.equal(before.map(key).sort());
+
+      const a = d.archive<number>('h', 'archive');
+      // Paging by old ids, `with`, text search (the index is rebuilt lazily).
+      const page = await a.find('alice', { after: 'id0', limit: 2 });
+      expect(page.items.map((i) => i.id)).to.deep.equal(['id3', 'id6']);
+      expect(
+        (await a.find('bob', { with: 'x@y', limit: 3 })).items.every((i) => i.with === 'x@y/r'),
+      ).to.equal(true);
+      expect((await a.find('alice', { text: 'number3' })).items.map((i) => i.id)).to.deep.equal(['id3']);
+      expect((await a.find('bob', { ids: ['id7'] })).items).to.deep.equal([]);
+      // New items come after the migrated ones, and a replaced old id is replaced.
+      const fresh = await a.append('alice', { when: 1000, with: 'z@y', value: -1 });
+      expect((await a.find('alice', { start: 1000, end: 1000 })).items.map((i) => i.id)).to.deep.equal([
+        'id0',
+        fresh,
+      ]);
+      await a.append('alice', { id: 'id3', when: 5000, with: 'z@y', value: -3, text: 'replaced' });
+      expect((await a.find('alice', { ids: ['id3'] })).items.map((i) => i.value)).to.deep.equal([-3]);
+      expect((await a.find('alice', { text: 'number3' })).items).to.deep.equal([]);
+      await d.close();
+
+      const raw = new Database(path, { readonly: true });
+      expect(raw.pragma('user_version', { simple: true })).to.equal(SCHEMA_VERSION);
+      const names = (
+        raw.prepare("SELECT name FROM sqlite_master WHERE type IN ('index', 'trigger', 'table')").all() as {
+          name: string;
+        }[]
+      ).map((r) => r.name);
+      expect(names).to.include.members([
+        'archive_owner',
+        'archive_id',
+        'archive_when',
+        'archive_with',
+        'archive_fts_delete',
+      ]);
+      expect(names).not.to.include.members([
+        'archive_v1',
+        'archive_retention',
+        'archive_fts_insert',
+        'archive_fts_update',
+      ]);
+      raw.close();
+      ftsIntegrity(path);
+      // Opening again does not migrate again.
+      const again: string[] = [];
+      await SqliteDriver.open(path, { log: (m) => again.push(m) }).close();
+      expect(again).to.deep.equal([]);
+    });
+
+    it('migrates an empty schema-1 database silently', async function () {
+      const path = freshPath();
+      const { mkdirSync } = await import('node:fs');
+      mkdirSync(join(path, '..'), { recursive: true });
+      makeSchema1(path, 0);
+      const lines: string[] = [];
+      const d = SqliteDriver.open(path, { log: (m) => lines.push(m) });
+      expect(lines).to.deep.equal([]);
+      const a = d.archive<number>('h', 'archive');
+      await a.append('u', { with: 'x@y', value: 1, text: 'hello' });
+      expect((await a.find('u', { text: 'hello' })).items.map((i) => i.value)).to.deep.equal([1]);
+      await d.close();
+    });
+  });
+});
