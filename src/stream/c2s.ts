@@ -125,6 +125,20 @@ export class C2SStream implements StreamInfo, SessionConnection {
   /** SessionConnection.write: serialized XML for the client. */
   write(data: string): void {
     if (this.state === 'closed' || this.closeSent || this.socket.destroyed) return;
+    if (this.secure && !this.corked) {
+      // Everything written in this turn of the event loop leaves as one TLS
+      // record and one system call (a stream header with its features, a
+      // burst of messages), which is most of the cost of a small write.
+      // Plain-text streams are not corked: STARTTLS replaces the socket
+      // right after <proceed/>, which must not wait in a buffer.
+      const socket = this.socket;
+      this.corked = true;
+      socket.cork();
+      process.nextTick(() => {
+        this.corked = false;
+        socket.uncork();
+      });
+    }
     this.socket.write(data);
     if (this.socket.writableLength > MAX_OUTBOUND_BYTES && !this.closing) {
       // The client is not reading: it cannot make us buffer without bound.
@@ -439,6 +453,8 @@ export class C2SStream implements StreamInfo, SessionConnection {
   }
 
   private saslCtx: SaslContext | null = null;
+  /** Writes of this event-loop turn are being gathered (see write()). */
+  private corked = false;
 
   /** One SASL context per TLS state of the stream. */
   private saslContext(): SaslContext {
@@ -449,7 +465,11 @@ export class C2SStream implements StreamInfo, SessionConnection {
 
   private makeSaslContext(): SaslContext {
     const bindings: SaslContext['channelBindings'] = {};
-    for (const type of this.channelBindingTypes()) bindings[type] = () => this.channelBindingData(type);
+    for (const type of this.channelBindingTypes()) {
+      // Asked for by every -PLUS mechanism offered and by XEP-0440: compute once per TLS state.
+      let data: Buffer | null | undefined;
+      bindings[type] = () => (data === undefined ? (data = this.channelBindingData(type)) : data);
+    }
     // COMPAT: slixmpp (Debian 1.8) always asks for tls-unique, also on TLS 1.3
     // where RFC 8446 C.5 leaves it undefined. OpenSSL on both ends takes the
     // client's Finished message, which is unique per connection, so we accept
