@@ -92,6 +92,9 @@ export class Server implements C2SEnvironment {
     await this.certs.load(this.certSources(), this.config.certs.dir);
     if (this.config.cluster.redis_url) await this.joinCluster(this.config.cluster.redis_url);
     for (const hostConfig of this.config.hosts) await this.addHost(hostConfig.domain);
+    // A previous run under this node id may have died with sessions that
+    // nobody reported; the modules are loaded now to do it.
+    if (this.cluster) this.sessionsLost(this.cluster.nodeId, this.cluster.takeLeftovers());
     for (const listener of this.config.listeners) this.listeners.push(await this.listen(listener));
     this.log.info(
       {
@@ -116,19 +119,7 @@ export class Server implements C2SEnvironment {
     cluster.setHandlers({
       reroute: (stanza) => this.logRouting(this.router.route(stanza)),
       route: (stanza) => this.logRouting(this.router.route(stanza, null, true)),
-      sessionsReaped: (node, sessions) => {
-        for (const { fullJid, wasAvailable } of sessions) {
-          const jid = Jid.tryParse(fullJid);
-          const host = jid && this.hosts.get(jid.domain);
-          if (!jid || !host) continue;
-          const fired = host.events.fire('remote-session-lost', { jid, wasAvailable, node });
-          if (fired instanceof Promise) {
-            fired.catch((err: unknown) =>
-              this.log.error({ err, jid: fullJid }, 'remote-session-lost handler failed'),
-            );
-          }
-        }
-      },
+      sessionsReaped: (node, sessions) => this.sessionsLost(node, sessions),
     });
     this.cluster = cluster;
     this.directory = cluster;
@@ -144,6 +135,21 @@ export class Server implements C2SEnvironment {
         conf.metrics_log_seconds * 1000,
       );
       this.metricsTimer.unref();
+    }
+  }
+
+  /** Sessions of a node that stopped without ending them: modules tell whoever needs to know. */
+  private sessionsLost(node: string, sessions: { fullJid: string; wasAvailable: boolean }[]): void {
+    for (const { fullJid, wasAvailable } of sessions) {
+      const jid = Jid.tryParse(fullJid);
+      const host = jid && this.hosts.get(jid.domain);
+      if (!jid || !host) continue;
+      const fired = host.events.fire('remote-session-lost', { jid, wasAvailable, node });
+      if (fired instanceof Promise) {
+        fired.catch((err: unknown) =>
+          this.log.error({ err, jid: fullJid }, 'remote-session-lost handler failed'),
+        );
+      }
     }
   }
 
@@ -366,6 +372,8 @@ export class Server implements C2SEnvironment {
     const closing = this.listeners.map(
       (l) => new Promise<void>((resolve) => l.server.close(() => resolve())),
     );
+    // The other nodes stop routing here first; this node still delivers what is in flight.
+    await this.cluster?.leave();
     await this.closeStreams(null, 'system-shutdown', 'The server is shutting down');
     // Sessions held without a connection (awaiting resumption) end too, so
     // their modules can save what they queued.

@@ -56,6 +56,7 @@ export interface BusHandlers {
 
 type BusMessage =
   | { k: 'i'; u: string; from: string; ts: number }
+  | { k: 'h' | 'x'; from: string; ts: number }
   | { k: 's'; to: string; sid: string; x: string; ts: number }
   | { k: 'c'; to: string; sid: string; cond?: StreamErrorCondition; text?: string; ts: number }
   | { k: 'r'; x: string; ts: number }
@@ -73,11 +74,11 @@ local function alive(json)
   local node = cjson.decode(json).n
   return node == ARGV[7] or redis.call('EXISTS', ARGV[6] .. 'alive:' .. node) == 1
 end
+-- Entries of dead nodes are left for the reaper, which reports each one
+-- (contacts learn the resource went away); here they neither conflict nor
+-- count. A dead entry for this very resource is simply overwritten.
 local existing = redis.call('HGET', KEYS[1], ARGV[1])
-if existing and not alive(existing) then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  existing = false
-end
+if existing and not alive(existing) then existing = false end
 if existing then
   if ARGV[3] == 'refuse_new' then return {'conflict'} end
   local old = cjson.decode(existing)
@@ -89,7 +90,7 @@ end
 local count = 0
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
-  if alive(all[i + 1]) then count = count + 1 else redis.call('HDEL', KEYS[1], all[i]) end
+  if all[i] ~= ARGV[1] and alive(all[i + 1]) then count = count + 1 end
 end
 if count >= tonumber(ARGV[4]) then return {'too-many'} end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -118,9 +119,15 @@ end
 return 0
 `;
 
-// KEYS: user hash. ARGV: resource, dead node. Removes the entry if it still
-// names the dead node; returns the removed entry, or false.
+// KEYS: user hash, the node's index. ARGV: resource, dead node, prefix, force, full JID.
+// Removes the entry if it still names the dead node; returns it, or false. A
+// node that came back to life keeps its entry (and its index mark) unless
+// forced (a node cleaning up after its own previous run).
 const REAP_SCRIPT = `
+if ARGV[4] ~= '1' and redis.call('EXISTS', ARGV[3] .. 'alive:' .. ARGV[2]) == 1 then
+  redis.call('SADD', KEYS[2], ARGV[5])
+  return false
+end
 local existing = redis.call('HGET', KEYS[1], ARGV[1])
 if existing and cjson.decode(existing).n == ARGV[2] then
   redis.call('HDEL', KEYS[1], ARGV[1])
@@ -129,11 +136,23 @@ end
 return false
 `;
 
+// KEYS: user hash, this node's index. ARGV: resource, entry, full JID, session id.
+// Puts back a local session's entry that Redis lost (node wrongly declared
+// dead, Redis restarted); 'taken' if another session holds the resource now.
+const REPUBLISH_SCRIPT = `
+local existing = redis.call('HGET', KEYS[1], ARGV[1])
+if existing and cjson.decode(existing).s ~= ARGV[4] then return 'taken' end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+return 'ok'
+`;
+
 interface Scripts {
   chorusBind(...args: (string | number)[]): Promise<[string, string?]>;
   chorusUnbind(...args: (string | number)[]): Promise<number>;
   chorusUpdate(...args: (string | number)[]): Promise<number>;
   chorusReap(...args: (string | number)[]): Promise<string | null>;
+  chorusRepublish(...args: (string | number)[]): Promise<string>;
 }
 
 const REAP_BATCH = 200;
@@ -194,6 +213,13 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
   >();
   private stopped = false;
   private lastConnectionError: string | null = null;
+  /** Sessions a previous run of this node id left in Redis, for remote-session-lost once modules run. */
+  private leftovers: { fullJid: string; wasAvailable: boolean }[] = [];
+  /** Unbinds that failed, retried at each heartbeat so no phantom entry stays behind. */
+  private readonly failedUnbinds = new Map<string, Session>();
+  /** One Redis lookup at a time per user: answers come back in the order stanzas were routed. */
+  private readonly lookups = new Map<string, Promise<RemoteSession[]>>();
+  private heartbeats = 0;
   private readonly counters = {
     deliveredLocally: 0,
     sentToNodes: 0,
@@ -223,7 +249,8 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
     this.redis.defineCommand('chorusBind', { numberOfKeys: 2, lua: BIND_SCRIPT });
     this.redis.defineCommand('chorusUnbind', { numberOfKeys: 2, lua: UNBIND_SCRIPT });
     this.redis.defineCommand('chorusUpdate', { numberOfKeys: 1, lua: UPDATE_SCRIPT });
-    this.redis.defineCommand('chorusReap', { numberOfKeys: 1, lua: REAP_SCRIPT });
+    this.redis.defineCommand('chorusReap', { numberOfKeys: 2, lua: REAP_SCRIPT });
+    this.redis.defineCommand('chorusRepublish', { numberOfKeys: 2, lua: REPUBLISH_SCRIPT });
   }
 
   /**
@@ -249,8 +276,13 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
     // Invalidations may have been missed while the subscriber was away.
     cluster.subscriber.on('ready', () => cluster.clearCache());
     await cluster.subscriber.subscribe(cluster.key(`bus:${cluster.nodeId}`), cluster.key('broadcast'));
-    await cluster.reapNode(cluster.nodeId);
+    cluster.leftovers = await cluster.reapNode(cluster.nodeId, true);
     await cluster.heartbeat();
+    // The others add this node at once instead of at their next heartbeat.
+    await cluster.redis.publish(
+      cluster.key('broadcast'),
+      JSON.stringify({ k: 'h', from: cluster.nodeId, ts: Date.now() }),
+    );
     cluster.timer = setInterval(() => {
       cluster.heartbeat().catch((err: unknown) => cluster.log.warn({ err }, 'cluster heartbeat failed'));
     }, cluster.heartbeatMs);
@@ -263,6 +295,17 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
     this.handlers = handlers;
   }
 
+  /**
+   * Sessions that a previous run under this node id (a crash, then a restart
+   * within the heartbeat TTL) left behind and that this start removed. The
+   * server reports them as lost once its modules are loaded.
+   */
+  takeLeftovers(): { fullJid: string; wasAvailable: boolean }[] {
+    const leftovers = this.leftovers;
+    this.leftovers = [];
+    return leftovers;
+  }
+
   private key(suffix: string): string {
     return this.prefix + suffix;
   }
@@ -272,11 +315,26 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
 
   private async heartbeat(): Promise<void> {
     if (this.stopped) return;
-    await this.redis
-      .multi()
-      .set(this.key(`alive:${this.nodeId}`), String(Date.now()), 'PX', this.nodeTtlMs)
-      .sadd(this.key('nodes'), this.nodeId)
-      .exec();
+    const previous = await this.redis.call(
+      'SET',
+      this.key(`alive:${this.nodeId}`),
+      String(Date.now()),
+      'PX',
+      String(this.nodeTtlMs),
+      'GET',
+    );
+    await this.redis.sadd(this.key('nodes'), this.nodeId);
+    if (previous === null && this.heartbeats > 0) {
+      // Our heartbeat had expired (a stall longer than the TTL, or Redis
+      // restarted): the others may have removed our sessions. Put them back.
+      this.log.warn('this node was taken for dead; publishing its sessions again');
+      await this.republish();
+    }
+    this.heartbeats++;
+    for (const [key, session] of this.failedUnbinds) {
+      this.failedUnbinds.delete(key);
+      await this.unbindRemote(session);
+    }
     const nodes = await this.redis.smembers(this.key('nodes'));
     const aliveFlags = nodes.length ? await this.redis.mget(...nodes.map((n) => this.key(`alive:${n}`))) : [];
     const live = new Set<string>([this.nodeId]);
@@ -307,19 +365,44 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
     return this.sortedLiveNodes;
   }
 
+  /** Writes every local session's entry again; a session whose resource was taken meanwhile ends. */
+  private async republish(): Promise<void> {
+    for (const session of [...this.local.all()]) {
+      const bare = session.jid.bareString();
+      const outcome = await this.redis.chorusRepublish(
+        this.key(`u:${bare}`),
+        this.key(`n:${this.nodeId}`),
+        session.jid.resource,
+        this.entryOf(session),
+        session.jid.toString(),
+        session.id,
+      );
+      if (outcome === 'taken') session.close('conflict', 'Replaced by a new connection');
+      this.changed(bare);
+    }
+  }
+
   /** One survivor takes the lock and removes the dead node's sessions in batches. */
   private async tryReap(node: string): Promise<void> {
     const locked = await this.redis.set(this.key(`reap:${node}`), this.nodeId, 'PX', this.nodeTtlMs, 'NX');
     if (locked !== 'OK') return;
     const removed = await this.reapNode(node);
-    this.log.warn({ deadNode: node, sessions: removed }, 'removed the sessions of a node that stopped');
+    this.log.warn(
+      { deadNode: node, sessions: removed.length },
+      'removed the sessions of a node that stopped',
+    );
   }
 
-  /** Removes every directory entry of `node`, batch by batch; resolves to how many went. */
-  private async reapNode(node: string): Promise<number> {
+  /**
+   * Removes every directory entry of `node`, batch by batch, and resolves to
+   * them. Stops if the node comes back to life, unless `force` (this node
+   * cleaning up after its own previous run).
+   */
+  private async reapNode(node: string, force = false): Promise<{ fullJid: string; wasAvailable: boolean }[]> {
     const index = this.key(`n:${node}`);
-    let total = 0;
+    const all: { fullJid: string; wasAvailable: boolean }[] = [];
     for (;;) {
+      if (!force && (await this.redis.exists(this.key(`alive:${node}`))) === 1) break;
       const batch = await this.redis.spop(index, REAP_BATCH);
       if (!batch || batch.length === 0) break;
       const gone: { fullJid: string; wasAvailable: boolean }[] = [];
@@ -330,8 +413,12 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
         const slash = full.indexOf('/');
         (pipeline as unknown as Scripts).chorusReap(
           this.key(`u:${full.slice(0, slash)}`),
+          index,
           full.slice(slash + 1),
           node,
+          this.prefix,
+          force ? '1' : '0',
+          full,
         );
       }
       const results = (await pipeline.exec()) ?? [];
@@ -347,12 +434,14 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
         gone.push({ fullJid: full, wasAvailable });
         this.changed(full.slice(0, full.indexOf('/')));
       });
-      total += gone.length;
+      all.push(...gone);
       this.counters.reapedSessions += gone.length;
       if (gone.length && node !== this.nodeId) this.handlers?.sessionsReaped?.(node, gone);
     }
-    if (node !== this.nodeId) await this.redis.srem(this.key('nodes'), node);
-    return total;
+    if (node !== this.nodeId && (await this.redis.exists(this.key(`alive:${node}`))) === 0) {
+      await this.redis.srem(this.key('nodes'), node);
+    }
+    return all;
   }
 
   // -------------------------------------------------------------------------
@@ -404,19 +493,30 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
 
   async unbind(session: Session): Promise<void> {
     this.local.unbind(session);
+    await this.unbindRemote(session);
+  }
+
+  private async unbindRemote(session: Session): Promise<void> {
     const full = session.jid.toString();
-    await this.redis
-      .chorusUnbind(
-        this.key(`u:${session.jid.bareString()}`),
-        this.key(`n:${this.nodeId}`),
-        session.jid.resource,
-        session.id,
-        full,
-      )
-      .then(
-        () => this.changed(session.jid.bareString()),
-        (err: unknown) => this.log.warn({ err, jid: full }, 'could not remove a session from Redis'),
-      );
+    const removal = this.redis.chorusUnbind(
+      this.key(`u:${session.jid.bareString()}`),
+      this.key(`n:${this.nodeId}`),
+      session.jid.resource,
+      session.id,
+      full,
+    );
+    // Issued right behind the change on the same connection, so every node
+    // drops its copy before anything this node sends later reaches it.
+    this.changed(session.jid.bareString());
+    await removal.then(
+      () => undefined,
+      (err: unknown) => {
+        // Retried at the next heartbeat: a phantom entry would count towards
+        // the resource limit and draw stanzas to this node.
+        this.failedUnbinds.set(`${full} ${session.id}`, session);
+        this.log.warn({ err, jid: full }, 'could not remove a session from Redis; will retry');
+      },
+    );
   }
 
   sessionChanged(session: Session): void {
@@ -428,11 +528,12 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
         session.id,
         this.entryOf(session),
       )
-      .then(
-        () => this.changed(session.jid.bareString()),
-        (err: unknown) =>
-          this.log.warn({ err, jid: session.jid.toString() }, 'could not update a session in Redis'),
+      .catch((err: unknown) =>
+        this.log.warn({ err, jid: session.jid.toString() }, 'could not update a session in Redis'),
       );
+    // Right behind the update on the same connection: the other nodes drop
+    // their copy before they see the presence this change is part of.
+    this.changed(session.jid.bareString());
   }
 
   get(fullJid: string): MaybePromise<Session | undefined> {
@@ -466,8 +567,10 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
         ? cached.remote
         : cached.remote.filter((r) => this.isLive(r.node));
     }
+    const inFlight = this.lookups.get(bareJid);
+    if (inFlight) return inFlight;
     const epoch = this.epoch;
-    return this.redis.hgetall(this.key(`u:${bareJid}`)).then(
+    const lookup = this.redis.hgetall(this.key(`u:${bareJid}`)).then(
       (all) => {
         const remote: RemoteSession[] = [];
         for (const [resource, json] of Object.entries(all)) {
@@ -490,6 +593,11 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
         return [];
       },
     );
+    this.lookups.set(bareJid, lookup);
+    void lookup.finally(() => {
+      if (this.lookups.get(bareJid) === lookup) this.lookups.delete(bareJid);
+    });
+    return lookup;
   }
 
   /** This node changed a user's entries: drop cached copies here and on every other node. */
@@ -506,6 +614,7 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
   private invalidate(bareJid: string): void {
     this.epoch++;
     this.cache.delete(bareJid);
+    this.lookups.delete(bareJid);
   }
 
   private clearCache(): void {
@@ -716,7 +825,20 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
         this.handlers?.route(parse(message.x) as Element);
         return;
       case 'i':
-        if (message.from !== this.nodeId) this.invalidate(message.u);
+        if (message.from !== this.nodeId) {
+          this.heardFrom(message.from);
+          this.invalidate(message.u);
+        }
+        return;
+      case 'h':
+        if (message.from !== this.nodeId) this.heardFrom(message.from);
+        return;
+      case 'x':
+        if (message.from !== this.nodeId && this.liveNodes.has(message.from)) {
+          const live = new Set(this.liveNodes);
+          live.delete(message.from);
+          this.setLiveNodes(live);
+        }
         return;
       case 'b':
         if (message.from !== this.nodeId)
@@ -727,7 +849,9 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
         const answer = (d: JsonValue | null, err?: string) => {
           const reply: BusMessage = { k: 'a', id: message.id, d, ts: Date.now() };
           if (err) reply.err = err;
-          void this.publish(message.from, reply);
+          this.publish(message.from, reply).catch((err: unknown) =>
+            this.log.warn({ err, node: message.from }, 'could not answer a request'),
+          );
         };
         if (!handler) {
           answer(null, `no handler for ${message.topic} on ${this.nodeId}`);
@@ -745,6 +869,12 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
         this.settleRequest(message.id, message.d, message.err);
         return;
     }
+  }
+
+  /** A node that just spoke is alive, even before the next heartbeat says so. */
+  private heardFrom(node: string): void {
+    if (this.stopped || this.liveNodes.has(node)) return;
+    this.setLiveNodes(new Set([...this.liveNodes, node]));
   }
 
   metrics(reset = false): ClusterMetrics {
@@ -768,6 +898,26 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
   }
 
   /**
+   * First step of a shutdown: the heartbeat goes and the others are told, so
+   * they stop routing here (messages for the sessions that are closing go to
+   * offline storage, rooms move) while this node still receives what is in
+   * flight.
+   */
+  async leave(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    try {
+      await this.redis.del(this.key(`alive:${this.nodeId}`));
+      await this.redis.publish(
+        this.key('broadcast'),
+        JSON.stringify({ k: 'x', from: this.nodeId, ts: Date.now() }),
+      );
+    } catch (err) {
+      this.log.warn({ err }, 'could not announce leaving the cluster');
+    }
+  }
+
+  /**
    * Leaves the cluster: removes this node's remaining entries and its
    * heartbeat, so the others stop routing here at once.
    */
@@ -775,10 +925,13 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
     if (this.stopped) return;
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
-    for (const pending of this.pendingRequests.values()) clearTimeout(pending.timer);
+    for (const pending of this.pendingRequests.values()) {
+      clearTimeout(pending.timer);
+      pending.reject(new Error('this node is leaving the cluster'));
+    }
     this.pendingRequests.clear();
     try {
-      await this.reapNode(this.nodeId);
+      await this.reapNode(this.nodeId, true);
       await this.redis
         .multi()
         .del(this.key(`alive:${this.nodeId}`))
