@@ -106,8 +106,12 @@ export default defineModule({
     const defaultPage = Math.min(opts.default_page, maxPage);
 
     // Preferences are read for every archived message; this module is their
-    // only writer, so a bounded cache of them stays exact.
+    // only writer, so a bounded cache of them stays exact. In a cluster the
+    // instance that saves a change tells the others to drop their copy.
     const prefsCache = new Map<string, Prefs>();
+    ctx.cluster.onBroadcast((user) => {
+      if (typeof user === 'string') prefsCache.delete(user);
+    });
     async function prefsOf(user: string): Promise<Prefs> {
       const cached = prefsCache.get(user);
       if (cached) return cached;
@@ -207,6 +211,7 @@ export default defineModule({
         }
         await prefsStore.set(user, prefsToJson(prefs));
         prefsCache.set(user, prefs);
+        ctx.cluster.broadcast(user);
         ev.reply(prefsElement(NS_MAM, prefs));
       }),
       targets,
