@@ -25,18 +25,18 @@ export function installOccupancy(muc: MucService): void {
     return true;
   });
   // A device that goes away without leaving leaves every room it was in.
+  // In a cluster, each room lives on one node (service affinity: the node
+  // that owns the room's address), mostly not the device's own node, so the
+  // node where the session ended tells every other node, and each one removes
+  // the device from the rooms it holds, as it would for a local disconnect.
+  const goneHere = installGoneBroadcast(muc);
   muc.ctx.hook('resource-unbind', ({ session, reason }) => {
     // A session that moved to another cluster node keeps its full JID, and so its seats.
     if (reason === MOVED) return false;
-    const full = session.jid.toString();
-    const leaving: Promise<void>[] = [];
-    for (const room of muc.rooms.values()) {
-      const occupant = room.bySessionJid(full);
-      if (occupant)
-        leaving.push(leave(muc, room, occupant, full, new Element('presence', { type: 'unavailable' })));
-    }
-    return leaving.length > 0 ? Promise.all(leaving).then(() => false) : false;
+    return goneHere(session.jid.toString());
   });
+  // Cluster: a node died with the session on it; fired once, on the node that cleaned up.
+  muc.ctx.hook('remote-session-lost', ({ jid }) => goneHere(jid.toString()));
 
   // XEP-0410: a ping to one's own occupant JID is answered by the service;
   // pings to other occupants are relayed to them (iq-relay.ts).
@@ -56,6 +56,73 @@ export function installOccupancy(muc: MucService): void {
     },
     ['full'],
   );
+}
+
+/**
+ * Returns what to call when a device's session ends on this node (or a dead
+ * node's session is cleaned up here): it leaves the rooms held here, and,
+ * in a cluster, every other node is told to do the same for its rooms.
+ *
+ * Known limits, by design:
+ * - A device that reconnects at once with the same full JID on another node
+ *   and rejoins may be removed by the old session's notice if that arrives
+ *   after the new join (there is no order between nodes). It then gets its
+ *   own unavailable presence (status 110), which tells the client to rejoin.
+ * - When nodes come or go, rooms move to another node (rendezvous hashing
+ *   over the live nodes; only the rooms of the nodes that came or went).
+ *   Occupant lists are not migrated: the new owner starts without the
+ *   occupants of a moved room (a room it does not hold at all is created
+ *   anew by the next join, or, if persistent, used as this node restored
+ *   it from storage when it started), so occupants' self-pings (XEP-0410)
+ *   get not-acceptable (below) and their clients rejoin. The old owner, if
+ *   alive, keeps its copy of the occupant list but gets no stanzas for the
+ *   room any more. Should the room come back to it (the other node leaves
+ *   again), that copy is stale: devices that disconnected meanwhile were
+ *   removed by these notices, but those that left with unavailable presence
+ *   (sent to the other owner) are still seated there until they
+ *   disconnect. Dropping a room's occupants when it moves away needs the
+ *   core to tell modules about membership changes or expose ownerOf.
+ */
+function installGoneBroadcast(muc: MucService): (full: string) => false | Promise<false> {
+  const { cluster } = muc.ctx;
+  // A dead node's sessions are reported one by one, hundreds at a time:
+  // those reported together go out in one broadcast.
+  let pending: string[] = [];
+  const flush = () => {
+    const gone = pending;
+    pending = [];
+    if (gone.length > 0) cluster.broadcast({ gone });
+  };
+  if (cluster.enabled) {
+    cluster.onBroadcast((data) => {
+      const gone = (data as { gone?: unknown } | null)?.gone;
+      if (!Array.isArray(gone)) return;
+      for (const full of gone) {
+        if (typeof full !== 'string') continue;
+        Promise.resolve(leaveAll(muc, full)).catch((err: unknown) =>
+          muc.ctx.log.error({ err, jid: full }, 'removing a departed device from rooms failed'),
+        );
+      }
+    });
+  }
+  return (full) => {
+    if (cluster.enabled) {
+      if (pending.length === 0) queueMicrotask(flush);
+      pending.push(full);
+    }
+    return leaveAll(muc, full);
+  };
+}
+
+/** The device `full` leaves every room held on this node, as if it had sent unavailable presence. */
+function leaveAll(muc: MucService, full: string): false | Promise<false> {
+  const leaving: Promise<void>[] = [];
+  for (const room of muc.rooms.values()) {
+    const occupant = room.bySessionJid(full);
+    if (occupant)
+      leaving.push(leave(muc, room, occupant, full, new Element('presence', { type: 'unavailable' })));
+  }
+  return leaving.length > 0 ? Promise.all(leaving).then(() => false) : false;
 }
 
 async function onPresence(muc: MucService, ev: StanzaEvent): Promise<boolean> {
