@@ -2,126 +2,42 @@
 // processes sharing it and one SQLite file. Each client connects to the node
 // a test chooses; what they see must be what one server would show.
 import { expect } from 'chai';
-import { Redis } from 'ioredis';
-import { startCluster, type TestCluster } from '../helpers/cluster.ts';
-import { available, fetchRoster } from '../helpers/fixtures.ts';
+import { expectNoMessage, readUntil, sleep, subscribe, useCluster } from '../helpers/cluster.ts';
+import { available } from '../helpers/fixtures.ts';
 import { parseConfig } from '../../src/config/index.ts';
-import { freePort, redisMissing } from '../helpers/redis.ts';
+import { freePort } from '../helpers/redis.ts';
 import { startTestServer } from '../helpers/server.ts';
 import { XmppClient } from '../helpers/xmpp-client.ts';
 
 const PASSWORD = 'cluster-test-pw';
 const USERS = ['alice', 'bob', 'carol', 'dave', 'erin', 'frank', 'grace', 'heidi', 'ivan', 'judy'];
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
 describe('cluster: nodes sharing Redis and storage', function () {
   this.timeout(60_000);
-  let cluster: TestCluster;
-  let redis: Redis;
-  const clients: XmppClient[] = [];
+  const fixture = useCluster(
+    { nodes: 2, users: Object.fromEntries(USERS.map((u) => [u, PASSWORD])), metricsLogSeconds: 1 },
+    PASSWORD,
+  );
+  const { clients } = fixture;
 
-  before(async function () {
-    const missing = redisMissing();
-    if (missing) {
-      // .ci/run installs redis-server, so in CI its absence is a failure.
-      if (process.env.CI) throw new Error(missing);
-      console.log(`      skipped: ${missing}`);
-      this.skip();
-    }
-    cluster = await startCluster({
-      nodes: 2,
-      users: Object.fromEntries(USERS.map((u) => [u, PASSWORD])),
-      metricsLogSeconds: 1,
-    });
-    redis = new Redis(cluster.redis.url);
-  });
-
-  after(async () => {
-    redis?.disconnect();
-    await cluster?.stop();
-  });
-
-  afterEach(async () => {
-    await Promise.all(clients.splice(0).map((c) => c.shutdown()));
-  });
-
-  async function login(node: number, user: string, resource = 'r'): Promise<XmppClient> {
-    const c = await XmppClient.connect({
-      port: cluster.nodes[node]!.port,
-      name: `${user}/${resource}@${node}`,
-    });
-    clients.push(c);
-    await c.login(user, PASSWORD, { resource });
-    return c;
-  }
-
-  async function online(node: number, user: string, resource = 'r'): Promise<XmppClient> {
-    const c = await login(node, user, resource);
-    await fetchRoster(c);
-    await available(c);
-    return c;
-  }
-
-  /** Mutual presence subscription between two online clients. */
-  async function subscribe(a: XmppClient, b: XmppClient): Promise<void> {
-    const aJid = a.jid!.split('/')[0]!;
-    const bJid = b.jid!.split('/')[0]!;
-    for (const [x, y, xJid, yJid] of [
-      [a, b, aJid, bJid],
-      [b, a, bJid, aJid],
-    ] as const) {
-      x.send(`<presence to='${yJid}' type='subscribe'/>`);
-      await expectEventually(y, `<presence from='${xJid}' type='subscribe'/>`);
-      y.send(`<presence to='${xJid}' type='subscribed'/>`);
-      await expectEventually(x, `<presence from='${y.jid}'/>`);
-    }
-  }
-
-  /** Reads every stanza until `pattern` matches (pushes and presence may come first). */
-  async function expectEventually(c: XmppClient, pattern: string, timeoutMs = 5000): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    let last = '';
-    while (Date.now() < deadline) {
-      const event = await c.next(deadline - Date.now()).catch(() => null);
-      if (!event) break;
-      if (event.kind === 'element') {
-        if (c.check(pattern, event.element) === null) return;
-        last = event.element.toString();
-      }
-    }
-    throw new Error(`${c.name}: never got ${pattern} (last: ${last})`);
-  }
-
-  /** Fails if a message arrives within `ms` (presence and pushes may). */
-  async function expectNoMessage(c: XmppClient, ms: number): Promise<void> {
-    const deadline = Date.now() + ms;
-    while (Date.now() < deadline) {
-      const event = await c.next(Math.max(1, deadline - Date.now())).catch(() => null);
-      if (!event) return;
-      if (event.kind === 'element' && event.element.name === 'message') {
-        throw new Error(`${c.name}: unexpected ${event.element.toString()}`);
-      }
-    }
-  }
+  const login = (node: number, user: string, resource?: string) => clients.login(node, user, resource);
+  const online = (node: number, user: string, resource?: string) => clients.online(node, user, resource);
 
   it('registers each node and lists its sessions in the directory', async () => {
     const a = await login(0, 'alice', 'laptop');
     await login(1, 'alice', 'phone');
-    const entries = await redis.hgetall('chorus:u:alice@localhost');
+    const entries = await fixture.redis.hgetall('chorus:u:alice@localhost');
     expect(Object.keys(entries).sort()).to.deep.equal(['laptop', 'phone']);
     expect(JSON.parse(entries.laptop!).n).to.equal('a');
     expect(JSON.parse(entries.phone!).n).to.equal('b');
-    expect(await redis.sismember('chorus:n:a', 'alice@localhost/laptop')).to.equal(1);
+    expect(await fixture.redis.sismember('chorus:n:a', 'alice@localhost/laptop')).to.equal(1);
     await a.close();
-    clients.splice(clients.indexOf(a), 1);
+    clients.forget(a);
     // Ending the session removes its entry and its per-node index mark.
-    for (let i = 0; i < 50 && (await redis.hexists('chorus:u:alice@localhost', 'laptop')); i++)
+    for (let i = 0; i < 50 && (await fixture.redis.hexists('chorus:u:alice@localhost', 'laptop')); i++)
       await sleep(20);
-    expect(await redis.hexists('chorus:u:alice@localhost', 'laptop')).to.equal(0);
-    expect(await redis.sismember('chorus:n:a', 'alice@localhost/laptop')).to.equal(0);
+    expect(await fixture.redis.hexists('chorus:u:alice@localhost', 'laptop')).to.equal(0);
+    expect(await fixture.redis.sismember('chorus:n:a', 'alice@localhost/laptop')).to.equal(0);
   });
 
   it('delivers a message from a client on node A to a client on node B, in order', async () => {
@@ -159,7 +75,7 @@ describe('cluster: nodes sharing Redis and storage', function () {
     const grace = await online(1, 'grace');
     await subscribe(frank, grace);
     frank.send(`<presence><show>away</show><status>lunch</status></presence>`);
-    await expectEventually(
+    await readUntil(
       grace,
       `<presence from='${frank.jid}'><show>away</show><status>lunch</status></presence>`,
     );
@@ -167,13 +83,13 @@ describe('cluster: nodes sharing Redis and storage', function () {
     // a new device of frank on node B learns grace's (on node B) by probes.
     const grace2 = await login(0, 'grace', 'second');
     grace2.send('<presence/>');
-    await expectEventually(grace2, `<presence from='${frank.jid}'><show>away</show></presence>`);
+    await readUntil(grace2, `<presence from='${frank.jid}'><show>away</show></presence>`);
     const frank2 = await login(1, 'frank', 'second');
     frank2.send('<presence/>');
-    await expectEventually(frank2, `<presence from='${grace.jid}'/>`);
+    await readUntil(frank2, `<presence from='${grace.jid}'/>`);
     // Unavailable crosses nodes too.
     grace.send(`<presence type='unavailable'/>`);
-    await expectEventually(frank, `<presence from='${grace.jid}' type='unavailable'/>`);
+    await readUntil(frank, `<presence from='${grace.jid}' type='unavailable'/>`);
   });
 
   it('copies messages to carbons-enabled devices on other nodes', async () => {
@@ -182,15 +98,15 @@ describe('cluster: nodes sharing Redis and storage', function () {
     const ivan = await online(1, 'ivan');
     for (const c of [heidi, heidiPhone]) {
       c.send(`<iq type='set' id='cb'><enable xmlns='urn:xmpp:carbons:2'/></iq>`);
-      await expectEventually(c, `<iq type='result' id='cb'/>`);
+      await readUntil(c, `<iq type='result' id='cb'/>`);
     }
     heidi.send(`<message to='${ivan.jid}' type='chat' id='c1'><body>sent from desk</body></message>`);
-    await expectEventually(
+    await readUntil(
       heidiPhone,
       `<message from='heidi@localhost' to='${heidiPhone.jid}'><sent xmlns='urn:xmpp:carbons:2'/></message>`,
     );
     ivan.send(`<message to='${heidiPhone.jid}' type='chat' id='c2'><body>to the phone</body></message>`);
-    await expectEventually(
+    await readUntil(
       heidi,
       `<message from='heidi@localhost' to='${heidi.jid}'><received xmlns='urn:xmpp:carbons:2'/></message>`,
     );
@@ -201,45 +117,45 @@ describe('cluster: nodes sharing Redis and storage', function () {
     const dave = await online(0, 'dave', 'one');
     // Node B now knows (and caches) dave's sessions.
     bob.send(`<message to='dave@localhost' id='w1'><body>first</body></message>`);
-    await expectEventually(dave, `<message id='w1'><body>first</body></message>`);
+    await readUntil(dave, `<message id='w1'><body>first</body></message>`);
     const dave2 = await online(0, 'dave', 'two');
     // A normal message to the bare JID goes to every available resource:
     // the new one must be known on node B at once, not after a cache expiry.
     bob.send(`<message to='dave@localhost' id='w2'><body>second</body></message>`);
-    await expectEventually(dave, `<message id='w2'><body>second</body></message>`, 1000);
-    await expectEventually(dave2, `<message id='w2'><body>second</body></message>`, 1000);
+    await readUntil(dave, `<message id='w2'><body>second</body></message>`, 1000);
+    await readUntil(dave2, `<message id='w2'><body>second</body></message>`, 1000);
   });
 
   it('delivers a chat message to the bare JID to the highest-priority resource, on whichever node', async () => {
     const low = await login(0, 'frank', 'low');
     low.send('<presence><priority>1</priority></presence>');
-    await expectEventually(low, `<presence from='${low.jid}'/>`);
+    await readUntil(low, `<presence from='${low.jid}'/>`);
     const high = await login(1, 'frank', 'high');
     high.send('<presence><priority>5</priority></presence>');
-    await expectEventually(high, `<presence from='${high.jid}'/>`);
+    await readUntil(high, `<presence from='${high.jid}'/>`);
     const sender = await online(0, 'alice', 'prio');
     sender.send(`<message to='frank@localhost' type='chat' id='p1'><body>to the top</body></message>`);
-    await expectEventually(high, `<message id='p1'><body>to the top</body></message>`);
+    await readUntil(high, `<message id='p1'><body>to the top</body></message>`);
     await expectNoMessage(low, 300);
     // The priorities swap: node A learns it from the directory.
     high.send('<presence><priority>0</priority></presence>');
-    await expectEventually(low, `<presence from='${high.jid}'/>`);
+    await readUntil(low, `<presence from='${high.jid}'/>`);
     sender.send(`<message to='frank@localhost' type='chat' id='p2'><body>now to low</body></message>`);
-    await expectEventually(low, `<message id='p2'><body>now to low</body></message>`);
+    await readUntil(low, `<message id='p2'><body>now to low</body></message>`);
   });
 
   it('applies a block list changed on one node to messages routed by another', async () => {
     const kate = await online(0, 'grace', 'block');
     const sender = await online(1, 'ivan', 'block');
     sender.send(`<message to='grace@localhost' type='chat' id='b1'><body>hello</body></message>`);
-    await expectEventually(kate, `<message id='b1'><body>hello</body></message>`);
+    await readUntil(kate, `<message id='b1'><body>hello</body></message>`);
     kate.send(
       `<iq type='set' id='blk'><block xmlns='urn:xmpp:blocking'><item jid='ivan@localhost'/></block></iq>`,
     );
-    await expectEventually(kate, `<iq type='result' id='blk'/>`);
+    await readUntil(kate, `<iq type='result' id='blk'/>`);
     // Node B had grace's (empty) list cached; the change must reach it.
     sender.send(`<message to='grace@localhost' type='chat' id='b2'><body>blocked?</body></message>`);
-    await expectEventually(
+    await readUntil(
       sender,
       `<message type='error' from='grace@localhost' id='b2'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>`,
     );
@@ -250,9 +166,9 @@ describe('cluster: nodes sharing Redis and storage', function () {
     const sender = await online(0, 'carol', 'metrics');
     const receiver = await online(1, 'erin', 'metrics');
     sender.send(`<message to='${receiver.jid}' id='mx'><body>count me</body></message>`);
-    await expectEventually(receiver, `<message id='mx'><body>count me</body></message>`);
+    await readUntil(receiver, `<message id='mx'><body>count me</body></message>`);
     const metricsOf = (node: number) =>
-      cluster.nodes[node]!.output()
+      fixture.cluster.nodes[node]!.output()
         .split('\n')
         .filter((line) => line.includes('"cluster metrics"'))
         .map((line) => JSON.parse(line) as Record<string, number>);
@@ -272,81 +188,43 @@ describe('cluster: nodes sharing Redis and storage', function () {
     const first = await login(0, 'judy', 'same');
     const second = await login(1, 'judy', 'same');
     await first.expectStreamError('conflict', 5000);
-    clients.splice(clients.indexOf(first), 1);
-    const entries = await redis.hgetall('chorus:u:judy@localhost');
+    clients.forget(first);
+    const entries = await fixture.redis.hgetall('chorus:u:judy@localhost');
     expect(Object.keys(entries)).to.deep.equal(['same']);
     expect(JSON.parse(entries.same!).n).to.equal('b');
     // The survivor is reachable from node A.
     const bob = await online(0, 'bob', 'x');
     bob.send(`<message to='${second.jid}' id='s1'><body>still there?</body></message>`);
-    await expectEventually(second, `<message id='s1'><body>still there?</body></message>`);
+    await readUntil(second, `<message id='s1'><body>still there?</body></message>`);
   });
 
   it('binds one of two simultaneous logins with the same resource on two nodes, under any interleaving', async () => {
     for (let round = 0; round < 5; round++) {
       const [x, y] = await Promise.all([
-        XmppClient.connect({ port: cluster.nodes[0]!.port, name: `race-a${round}` }),
-        XmppClient.connect({ port: cluster.nodes[1]!.port, name: `race-b${round}` }),
+        XmppClient.connect({ port: fixture.cluster.nodes[0]!.port, name: `race-a${round}` }),
+        XmppClient.connect({ port: fixture.cluster.nodes[1]!.port, name: `race-b${round}` }),
       ]);
-      clients.push(x, y);
+      clients.track(x, y);
       const resource = `race${round}`;
       await Promise.all([x.login('erin', PASSWORD, { resource }), y.login('erin', PASSWORD, { resource })]);
       // replace_old: one of the two is told it was replaced, the other stays.
       await sleep(300);
-      const entries = await redis.hgetall('chorus:u:erin@localhost');
+      const entries = await fixture.redis.hgetall('chorus:u:erin@localhost');
       expect(Object.keys(entries).filter((r) => r === `race${round}`)).to.have.length(1);
       const survivor = JSON.parse(entries[`race${round}`]!).n === 'a' ? x : y;
       const loser = survivor === x ? y : x;
       await loser.expectStreamError('conflict', 5000);
-      clients.splice(clients.indexOf(loser), 1);
+      clients.forget(loser);
     }
   });
 });
 
-/** Reads stanzas until one matches (roster pushes and the like may come first). */
-async function readUntil(c: XmppClient, pattern: string, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const event = await c.next(Math.max(1, deadline - Date.now()));
-    if (event.kind === 'element' && c.check(pattern, event.element) === null) return;
-  }
-  throw new Error(`${c.name}: never got ${pattern}`);
-}
-
 describe('cluster: a node that dies', function () {
   this.timeout(60_000);
-  let cluster: TestCluster;
-  let redis: Redis;
-  const clients: XmppClient[] = [];
+  const fixture = useCluster({ nodes: 2, users: { kate: PASSWORD, liam: PASSWORD } }, PASSWORD, 'destroy');
+  const { clients } = fixture;
 
-  before(async function () {
-    const missing = redisMissing();
-    if (missing) {
-      if (process.env.CI) throw new Error(missing);
-      console.log(`      skipped: ${missing}`);
-      this.skip();
-    }
-    cluster = await startCluster({ nodes: 2, users: { kate: PASSWORD, liam: PASSWORD } });
-    redis = new Redis(cluster.redis.url);
-  });
-
-  after(async () => {
-    for (const c of clients) c.destroy();
-    redis?.disconnect();
-    await cluster?.stop();
-  });
-
-  async function online(node: number, user: string, resource = 'r'): Promise<XmppClient> {
-    const c = await XmppClient.connect({
-      port: cluster.nodes[node]!.port,
-      name: `${user}/${resource}@${node}`,
-    });
-    clients.push(c);
-    await c.login(user, PASSWORD, { resource });
-    await fetchRoster(c);
-    await available(c);
-    return c;
-  }
+  const online = (node: number, user: string, resource?: string) => clients.online(node, user, resource);
 
   it('loses its sessions from the directory within the heartbeat TTL, and messages for its users go to offline storage', async () => {
     const liam = await online(0, 'liam');
@@ -360,15 +238,15 @@ describe('cluster: a node that dies', function () {
     await readUntil(kate, `<message id='before'><body>before</body></message>`);
 
     const killedAt = Date.now();
-    await cluster.nodes[1]!.kill('SIGKILL');
+    await fixture.cluster.nodes[1]!.kill('SIGKILL');
     kate.destroy();
     // Sent at once: node B's heartbeat has not expired yet, so the directory
     // still names it, but nobody listens on its channel any more.
     liam.send(`<message to='kate@localhost' type='chat' id='m1'><body>while dying</body></message>`);
 
     let gone = -1;
-    while (Date.now() - killedAt < cluster.nodeTtlMs + 10 * cluster.heartbeatMs) {
-      const entries = await redis.hlen('chorus:u:kate@localhost');
+    while (Date.now() - killedAt < fixture.cluster.nodeTtlMs + 10 * fixture.cluster.heartbeatMs) {
+      const entries = await fixture.redis.hlen('chorus:u:kate@localhost');
       if (entries === 0) {
         gone = Date.now() - killedAt;
         break;
@@ -377,9 +255,9 @@ describe('cluster: a node that dies', function () {
     }
     expect(gone, 'kate@localhost/r still in the directory').to.be.at.least(0);
     // The TTL, plus up to one heartbeat for a survivor to notice and reap.
-    expect(gone).to.be.at.most(cluster.nodeTtlMs + 2 * cluster.heartbeatMs + 500);
-    expect(await redis.scard('chorus:n:b')).to.equal(0);
-    expect(await redis.sismember('chorus:nodes', 'b')).to.equal(0);
+    expect(gone).to.be.at.most(fixture.cluster.nodeTtlMs + 2 * fixture.cluster.heartbeatMs + 500);
+    expect(await fixture.redis.scard('chorus:n:b')).to.equal(0);
+    expect(await fixture.redis.sismember('chorus:nodes', 'b')).to.equal(0);
 
     await readUntil(liam, `<presence from='kate@localhost/r' type='unavailable'/>`);
     liam.send(`<message to='kate@localhost/r' type='chat' id='m2'><body>after</body></message>`);
@@ -399,29 +277,16 @@ describe('cluster: a node that dies', function () {
 
 describe('cluster: group chat with occupants on different nodes', function () {
   this.timeout(60_000);
-  let cluster: TestCluster;
-  const clients: XmppClient[] = [];
+  const { clients } = useCluster(
+    { nodes: 3, users: { mia: PASSWORD, noah: PASSWORD, olga: PASSWORD } },
+    PASSWORD,
+    'shutdown',
+  );
   const MUC = 'http://jabber.org/protocol/muc';
   const ROOM = 'lounge@conference.localhost';
 
-  before(async function () {
-    const missing = redisMissing();
-    if (missing) {
-      if (process.env.CI) throw new Error(missing);
-      console.log(`      skipped: ${missing}`);
-      this.skip();
-    }
-    cluster = await startCluster({ nodes: 3, users: { mia: PASSWORD, noah: PASSWORD, olga: PASSWORD } });
-  });
-
-  after(async () => {
-    await Promise.all(clients.map((c) => c.shutdown()));
-    await cluster?.stop();
-  });
-
   async function online(node: number, user: string): Promise<XmppClient> {
-    const c = await XmppClient.connect({ port: cluster.nodes[node]!.port, name: `${user}@${node}` });
-    clients.push(c);
+    const c = await clients.connect(node, user);
     await c.login(user, PASSWORD, { resource: 'r' });
     await available(c);
     return c;

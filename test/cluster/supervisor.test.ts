@@ -11,16 +11,13 @@ import { Redis } from 'ioredis';
 import { Accounts } from '../../src/storage/accounts.ts';
 import { SqliteDriver } from '../../src/storage/sqlite.ts';
 import { available } from '../helpers/fixtures.ts';
-import { freePort, redisMissing, startRedis, type TestRedis } from '../helpers/redis.ts';
+import { requireRedis, sleep } from '../helpers/cluster.ts';
+import { freePort, startRedis, type TestRedis } from '../helpers/redis.ts';
 import { XmppClient } from '../helpers/xmpp-client.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const PASSWORD = 'supervisor-test-pw';
 const USERS = ['u0', 'u1', 'u2', 'u3', 'u4', 'u5'];
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
 
 describe('cluster: chorus start --cluster 2', function () {
   this.timeout(60_000);
@@ -45,12 +42,7 @@ describe('cluster: chorus start --cluster 2', function () {
   const count = (text: string) => output.split(text).length - 1;
 
   before(async function () {
-    const missing = redisMissing();
-    if (missing) {
-      if (process.env.CI) throw new Error(missing);
-      console.log(`      skipped: ${missing}`);
-      this.skip();
-    }
+    requireRedis(this);
     redisServer = await startRedis();
     redis = new Redis(redisServer.url);
     dir = mkdtempSync(join(tmpdir(), 'chorus-test-supervisor-'));

@@ -6,9 +6,12 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Redis } from 'ioredis';
 import { Accounts } from '../../src/storage/accounts.ts';
 import { SqliteDriver } from '../../src/storage/sqlite.ts';
-import { freePort, startRedis, type TestRedis } from './redis.ts';
+import { available, fetchRoster } from './fixtures.ts';
+import { freePort, redisMissing, startRedis, type TestRedis } from './redis.ts';
+import { XmppClient } from './xmpp-client.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -141,5 +144,174 @@ export async function startCluster(opts: TestClusterOptions): Promise<TestCluste
       await redis.stop();
       rmSync(dir, { recursive: true, force: true });
     },
+  };
+}
+
+/**
+ * For a before hook (`requireRedis(this)`): skips the describe block when no
+ * redis-server is installed, except under CI, where that is a failure.
+ */
+export function requireRedis(ctx: Mocha.Context): void {
+  const missing = redisMissing();
+  if (missing) {
+    // .ci/run installs redis-server, so in CI its absence is a failure.
+    if (process.env.CI) throw new Error(missing);
+    console.log(`      skipped: ${missing}`);
+    ctx.skip();
+  }
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Clients of one describe block on the nodes of a cluster, all with one password. */
+export class ClusterClients {
+  /** Every client made or tracked since the last shutdownAll/destroyAll. */
+  readonly all: XmppClient[] = [];
+
+  /** `cluster` is read when a client connects (it may start in a before hook). */
+  constructor(
+    private readonly cluster: () => TestCluster,
+    private readonly password: string,
+  ) {}
+
+  /** Adds clients made elsewhere to those ended together. */
+  track(...clients: XmppClient[]): void {
+    this.all.push(...clients);
+  }
+
+  /** No longer ends `c` with the others (it is gone already). */
+  forget(c: XmppClient): void {
+    this.all.splice(this.all.indexOf(c), 1);
+  }
+
+  /** Connects to node `node`, named `<name>@<node>` in failures. */
+  async connect(node: number, name: string): Promise<XmppClient> {
+    const c = await XmppClient.connect({ port: this.cluster().nodes[node]!.port, name: `${name}@${node}` });
+    this.all.push(c);
+    return c;
+  }
+
+  /** Connected to node `node` and logged in as `user/resource`. */
+  async login(node: number, user: string, resource = 'r'): Promise<XmppClient> {
+    const c = await this.connect(node, `${user}/${resource}`);
+    await c.login(user, this.password, { resource });
+    return c;
+  }
+
+  /** Logged in, roster fetched, available. */
+  async online(node: number, user: string, resource = 'r'): Promise<XmppClient> {
+    const c = await this.login(node, user, resource);
+    await fetchRoster(c);
+    await available(c);
+    return c;
+  }
+
+  /** Closes every client's stream and waits for the server to close it too. */
+  async shutdownAll(): Promise<void> {
+    await Promise.all(this.all.splice(0).map((c) => c.shutdown()));
+  }
+
+  /** Cuts every client's connection. */
+  destroyAll(): void {
+    for (const c of this.all.splice(0)) c.destroy();
+  }
+}
+
+/**
+ * Reads every stanza until one matches `pattern` (pushes and presence may
+ * come first); fails when none has within `timeoutMs`.
+ */
+export async function readUntil(c: XmppClient, pattern: string, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let last = '';
+  while (Date.now() < deadline) {
+    const event = await c.next(Math.max(1, deadline - Date.now())).catch(() => null);
+    if (!event) break;
+    if (event.kind === 'element') {
+      if (c.check(pattern, event.element) === null) return;
+      last = event.element.toString();
+    }
+  }
+  throw new Error(`${c.name}: never got ${pattern} (last: ${last})\n${c.recentTranscript()}`);
+}
+
+/** Fails if a message arrives within `ms` (presence and pushes may). */
+export async function expectNoMessage(c: XmppClient, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    const event = await c.next(Math.max(1, deadline - Date.now())).catch(() => null);
+    if (!event) return;
+    if (event.kind === 'element' && event.element.name === 'message') {
+      throw new Error(`${c.name}: unexpected ${event.element.toString()}`);
+    }
+  }
+}
+
+/** Mutual presence subscription between two online clients. */
+export async function subscribe(a: XmppClient, b: XmppClient): Promise<void> {
+  const aJid = a.jid!.split('/')[0]!;
+  const bJid = b.jid!.split('/')[0]!;
+  for (const [x, y, xJid, yJid] of [
+    [a, b, aJid, bJid],
+    [b, a, bJid, aJid],
+  ] as const) {
+    x.send(`<presence to='${yJid}' type='subscribe'/>`);
+    await readUntil(y, `<presence from='${xJid}' type='subscribe'/>`);
+    y.send(`<presence to='${xJid}' type='subscribed'/>`);
+    await readUntil(x, `<presence from='${y.jid}'/>`);
+  }
+}
+
+export interface ClusterFixture {
+  /** The running cluster (from the before hook on). */
+  readonly cluster: TestCluster;
+  /** A connection to the cluster's redis-server, to look at the directory. */
+  readonly redis: Redis;
+  /** Clients on the cluster's nodes, logging in with the fixture's password. */
+  readonly clients: ClusterClients;
+}
+
+/**
+ * Registers hooks in the calling describe block: before, requireRedis and a
+ * cluster started with `opts` (plus a Redis connection to it); after, the
+ * clients end, then the Redis connection and the cluster. `endClients` says
+ * how the clients end: shut down after each test ('shutdown-each', the
+ * default), or once after all tests, cut ('destroy') or shut down ('shutdown').
+ */
+export function useCluster(
+  opts: TestClusterOptions,
+  password: string,
+  endClients: 'shutdown-each' | 'destroy' | 'shutdown' = 'shutdown-each',
+): ClusterFixture {
+  let cluster: TestCluster | undefined;
+  let redis: Redis | undefined;
+  const running = (): TestCluster => {
+    if (!cluster) throw new Error('the test cluster is not running (used outside a test?)');
+    return cluster;
+  };
+  const clients = new ClusterClients(running, password);
+  before(async function () {
+    requireRedis(this);
+    cluster = await startCluster(opts);
+    redis = new Redis(cluster.redis.url);
+  });
+  if (endClients === 'shutdown-each') afterEach(() => clients.shutdownAll());
+  after(async () => {
+    if (endClients === 'destroy') clients.destroyAll();
+    else await clients.shutdownAll();
+    redis?.disconnect();
+    await cluster?.stop();
+  });
+  return {
+    get cluster() {
+      return running();
+    },
+    get redis() {
+      if (!redis) throw new Error('the test cluster is not running (used outside a test?)');
+      return redis;
+    },
+    clients,
   };
 }

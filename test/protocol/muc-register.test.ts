@@ -2,101 +2,40 @@
 // with real clients against a real server: the muc#register form, the
 // membership it gives, the nick it keeps for its owner (across a restart
 // of persistent rooms), and unregistering.
-import { rmSync } from 'node:fs';
 import { expect } from 'chai';
 import type { Element } from 'ltx';
-import pino from 'pino';
-import { Server } from '../../src/server.ts';
-import { startTestServer, type TestServer } from '../helpers/server.ts';
-import { NS_STANZAS, XmppClient } from '../helpers/xmpp-client.ts';
+import {
+  acrossRestart,
+  admin,
+  configureRoom,
+  errorCondition,
+  iq,
+  item,
+  join,
+  MucClients,
+  statusCodes,
+  uniqueName,
+  useMucServer,
+  type MucUser,
+} from '../helpers/muc.ts';
+import { MUC, NS_ADMIN, NS_DATA, NS_INFO, NS_MUC } from '../helpers/muc.ts';
+import type { XmppClient } from '../helpers/xmpp-client.ts';
 
 const PASSWORD = 'muc-register-pw';
 const MODULES = 'modules: [disco, ping, roster, presence, muc]';
-const MUC = 'conference.localhost';
-const NS_MUC = 'http://jabber.org/protocol/muc';
-const NS_USER = 'http://jabber.org/protocol/muc#user';
-const NS_ADMIN = 'http://jabber.org/protocol/muc#admin';
-const NS_OWNER = 'http://jabber.org/protocol/muc#owner';
-const NS_INFO = 'http://jabber.org/protocol/disco#info';
-const NS_DATA = 'jabber:x:data';
 const NS_REGISTER = 'jabber:iq:register';
 const NS_MUC_REGISTER = 'http://jabber.org/protocol/muc#register';
 
-let seq = 0;
-const clients: XmppClient[] = [];
-
-interface User {
-  bare: string;
-  name: string;
-}
-
-async function login(port: number, u: User, resource = 'dev'): Promise<XmppClient> {
-  const c = await XmppClient.connect({ port, name: `${u.name}/${resource}` });
-  clients.push(c);
-  await c.login(u.name, PASSWORD, { resource });
-  return c;
-}
-
-/** Reads elements until one satisfies `done` (included in the result). */
-async function collectUntil(
-  c: XmppClient,
-  done: (e: Element) => boolean,
-  timeoutMs = 3000,
-): Promise<Element[]> {
-  const out: Element[] = [];
-  for (;;) {
-    const ev = await c.next(timeoutMs);
-    if (ev.kind !== 'element') throw new Error(`${c.name}: expected an element, got ${ev.kind}`);
-    out.push(ev.element);
-    if (done(ev.element)) return out;
-  }
-}
-
-const isSubject = (e: Element) => e.name === 'message' && e.getChild('subject') !== undefined;
-
-function item(presence: Element): Record<string, string> {
-  return (presence.getChild('x', NS_USER)?.getChild('item')?.attrs ?? {}) as Record<string, string>;
-}
-
-function statusCodes(presence: Element): string[] {
-  return (presence.getChild('x', NS_USER)?.getChildren('status') ?? []).map((s) => s.attrs.code as string);
-}
-
-function errorCondition(stanza: Element): string | undefined {
-  const error = stanza.getChild('error');
-  return error?.children.find((k): k is Element => typeof k !== 'string' && k.getNS() === NS_STANZAS)?.name;
-}
-
-async function join(c: XmppClient, room: string, nick: string): Promise<Element[]> {
-  c.send(`<presence to='${room}@${MUC}/${nick}'><x xmlns='${NS_MUC}'/></presence>`);
-  return collectUntil(c, isSubject);
-}
-
-/** Sends an IQ and returns its answer; room broadcasts that arrive first are skipped. */
-async function iq(c: XmppClient, type: 'get' | 'set', to: string, payload: string): Promise<Element> {
-  const id = c.nextId('iq');
-  c.send(`<iq type='${type}' id='${id}' to='${to}'>${payload}</iq>`);
-  const seen = await collectUntil(c, (e) => e.name === 'iq' && e.attrs.id === id);
-  return seen.at(-1)!;
-}
+const clients = new MucClients(PASSWORD);
 
 /** Creates and configures a room owned by `o` (as 'boss'). */
 async function createRoom(
   o: XmppClient,
   config: Record<string, string> = {},
-  name = `reg${++seq}`,
+  name = uniqueName('reg'),
 ): Promise<string> {
   await join(o, name, 'boss');
-  const fields = Object.entries(config)
-    .map(([k, v]) => `<field var='muc#roomconfig_${k}'><value>${v}</value></field>`)
-    .join('');
-  const answer = await iq(
-    o,
-    'set',
-    `${name}@${MUC}`,
-    `<query xmlns='${NS_OWNER}'><x xmlns='${NS_DATA}' type='submit'>${fields}</x></query>`,
-  );
-  expect(answer.attrs.type, answer.toString()).to.equal('result');
+  await configureRoom(o, name, config, { formType: false });
   return name;
 }
 
@@ -123,23 +62,7 @@ async function reservedNick(c: XmppClient, room: string): Promise<string | undef
 
 describe('multi-user chat: registering with a room (XEP-0045 7.10, 7.12)', function () {
   this.timeout(30_000);
-  let server: TestServer;
-  before(async () => {
-    server = await startTestServer({ yaml: MODULES });
-  });
-  after(async () => {
-    await server.stop();
-  });
-  afterEach(async () => {
-    await Promise.all(clients.splice(0).map((c) => c.shutdown()));
-  });
-
-  async function user(prefix: string): Promise<User> {
-    const name = `${prefix}${++seq}`;
-    await server.addUser(name, PASSWORD);
-    return { name, bare: `${name}@localhost` };
-  }
-  const connect = (u: User, resource?: string) => login(server.port, u, resource);
+  const { user, connect } = useMucServer(MODULES, clients);
 
   it('gives the muc#register form; registering reserves the nick and makes a visitor a member with voice', async () => {
     const o = await connect(await user('owner'));
@@ -241,12 +164,7 @@ describe('multi-user chat: registering with a room (XEP-0045 7.10, 7.12)', funct
     const open = await createRoom(o);
     const mu = await user('mallory');
     const m = await connect(mu);
-    const ban = await iq(
-      o,
-      'set',
-      `${open}@${MUC}`,
-      `<query xmlns='${NS_ADMIN}'><item jid='${mu.bare}' affiliation='outcast'/></query>`,
-    );
+    const ban = await admin(o, open, `<item jid='${mu.bare}' affiliation='outcast'/>`);
     expect(ban.attrs.type).to.equal('result');
     expect(errorCondition(await iq(m, 'get', `${open}@${MUC}`, get))).to.equal('not-allowed');
     expect(errorCondition(await registration(open, m, 'mallory'))).to.equal('not-allowed');
@@ -285,12 +203,7 @@ describe('multi-user chat: registering with a room (XEP-0045 7.10, 7.12)', funct
     const au = await user('alice');
     const a = await connect(au);
     expect((await registration(room, a, 'alice')).attrs.type).to.equal('result');
-    const revoked = await iq(
-      o,
-      'set',
-      `${room}@${MUC}`,
-      `<query xmlns='${NS_ADMIN}'><item jid='${au.bare}' affiliation='none'/></query>`,
-    );
+    const revoked = await admin(o, room, `<item jid='${au.bare}' affiliation='none'/>`);
     expect(revoked.attrs.type).to.equal('result');
     expect(await reservedNick(a, room)).to.equal(undefined);
     const b = await connect(await user('bob'));
@@ -302,35 +215,29 @@ describe('multi-user chat: registered nicks across a restart', function () {
   this.timeout(30_000);
 
   it('keeps the registered nicks of persistent rooms with their affiliations', async () => {
-    const first = await startTestServer({ yaml: MODULES, sqlite: true });
-    let second: Server | null = null;
-    try {
-      const ou: User = { name: 'owner', bare: 'owner@localhost' };
-      const au: User = { name: 'alice', bare: 'alice@localhost' };
-      const bu: User = { name: 'bob', bare: 'bob@localhost' };
-      for (const u of [ou, au, bu]) await first.addUser(u.name, PASSWORD);
-      const o = await login(first.port, ou);
-      await createRoom(o, { persistentroom: '1' }, 'kept');
-      const a = await login(first.port, au);
-      expect((await registration('kept', a, 'alice')).attrs.type).to.equal('result');
-      await Promise.all(clients.splice(0).map((c) => c.shutdown()));
-      await first.server.stop();
-
-      second = new Server(first.server.config, { log: pino({ level: 'silent' }) });
-      await second.start();
-      const port = second.listeners[0]!.port;
-      const a2 = await login(port, au);
-      expect(await reservedNick(a2, 'kept')).to.equal('alice');
-      const b = await login(port, bu);
-      b.send(`<presence to='kept@${MUC}/alice'><x xmlns='${NS_MUC}'/></presence>`);
-      expect(errorCondition(await b.expect(`<presence type='error'/>`))).to.equal('conflict');
-      const seen = await join(a2, 'kept', 'alice');
-      expect(item(seen.find((e) => e.attrs.from === `kept@${MUC}/alice`)!).affiliation).to.equal('member');
-    } finally {
-      await Promise.all(clients.splice(0).map((c) => c.shutdown()));
-      if (second) await second.stop();
-      else await first.server.stop();
-      rmSync(first.dir, { recursive: true, force: true });
-    }
+    const ou: MucUser = { name: 'owner', bare: 'owner@localhost' };
+    const au: MucUser = { name: 'alice', bare: 'alice@localhost' };
+    const bu: MucUser = { name: 'bob', bare: 'bob@localhost' };
+    await acrossRestart(
+      MODULES,
+      clients,
+      async (first) => {
+        for (const u of [ou, au, bu]) await first.addUser(u.name, PASSWORD);
+        const o = await clients.login(first.port, ou);
+        await createRoom(o, { persistentroom: '1' }, 'kept');
+        const a = await clients.login(first.port, au);
+        expect((await registration('kept', a, 'alice')).attrs.type).to.equal('result');
+        await clients.shutdownAll();
+      },
+      async (port) => {
+        const a2 = await clients.login(port, au);
+        expect(await reservedNick(a2, 'kept')).to.equal('alice');
+        const b = await clients.login(port, bu);
+        b.send(`<presence to='kept@${MUC}/alice'><x xmlns='${NS_MUC}'/></presence>`);
+        expect(errorCondition(await b.expect(`<presence type='error'/>`))).to.equal('conflict');
+        const seen = await join(a2, 'kept', 'alice');
+        expect(item(seen.find((e) => e.attrs.from === `kept@${MUC}/alice`)!).affiliation).to.equal('member');
+      },
+    );
   });
 });

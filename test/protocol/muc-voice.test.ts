@@ -3,70 +3,33 @@
 // gets the form, and a moderator's approval gives the visitor voice.
 import { expect } from 'chai';
 import type { Element } from 'ltx';
-import { startTestServer, type TestServer } from '../helpers/server.ts';
-import { NS_STANZAS, XmppClient } from '../helpers/xmpp-client.ts';
+import {
+  admin,
+  configureRoom,
+  errorCondition,
+  groupchat,
+  iq,
+  item,
+  join,
+  MucClients,
+  uniqueName,
+  useMucServer,
+  type MucUser,
+} from '../helpers/muc.ts';
+import { MUC, NS_DATA, NS_OWNER } from '../helpers/muc.ts';
+import { NS_STANZAS, type XmppClient } from '../helpers/xmpp-client.ts';
 
 const PASSWORD = 'muc-voice-pw';
 const MODULES = 'modules: [disco, ping, roster, presence, muc]';
-const MUC = 'conference.localhost';
-const NS_MUC = 'http://jabber.org/protocol/muc';
-const NS_USER = 'http://jabber.org/protocol/muc#user';
-const NS_ADMIN = 'http://jabber.org/protocol/muc#admin';
-const NS_OWNER = 'http://jabber.org/protocol/muc#owner';
-const NS_DATA = 'jabber:x:data';
 const NS_REQUEST = 'http://jabber.org/protocol/muc#request';
 
-let seq = 0;
-const clients: XmppClient[] = [];
-
-interface User {
-  bare: string;
-  name: string;
-}
-
-/** Reads elements until one satisfies `done` (included in the result). */
-async function collectUntil(
-  c: XmppClient,
-  done: (e: Element) => boolean,
-  timeoutMs = 3000,
-): Promise<Element[]> {
-  const out: Element[] = [];
-  for (;;) {
-    const ev = await c.next(timeoutMs);
-    if (ev.kind !== 'element') throw new Error(`${c.name}: expected an element, got ${ev.kind}`);
-    out.push(ev.element);
-    if (done(ev.element)) return out;
-  }
-}
-
-const isSubject = (e: Element) => e.name === 'message' && e.getChild('subject') !== undefined;
-
-function item(presence: Element): Record<string, string> {
-  return (presence.getChild('x', NS_USER)?.getChild('item')?.attrs ?? {}) as Record<string, string>;
-}
-
-function errorCondition(stanza: Element): string | undefined {
-  const error = stanza.getChild('error');
-  return error?.children.find((k): k is Element => typeof k !== 'string' && k.getNS() === NS_STANZAS)?.name;
-}
+const clients = new MucClients(PASSWORD);
 
 /** The values of a data form's fields, by var. */
 function formFields(x: Element): Record<string, string | undefined> {
   return Object.fromEntries(
     x.getChildren('field').map((f) => [f.attrs.var as string, f.getChildText('value') ?? undefined]),
   );
-}
-
-async function join(c: XmppClient, room: string, nick: string): Promise<Element[]> {
-  c.send(`<presence to='${room}@${MUC}/${nick}'><x xmlns='${NS_MUC}'/></presence>`);
-  return collectUntil(c, isSubject);
-}
-
-async function iq(c: XmppClient, type: 'get' | 'set', to: string, payload: string): Promise<Element> {
-  const id = c.nextId('iq');
-  c.send(`<iq type='${type}' id='${id}' to='${to}'>${payload}</iq>`);
-  const seen = await collectUntil(c, (e) => e.name === 'iq' && e.attrs.id === id);
-  return seen.at(-1)!;
 }
 
 /** A visitor's request for voice (XEP-0045 example 94). */
@@ -91,51 +54,17 @@ function approval(room: string, id: string, fields: Record<string, string>): str
   );
 }
 
-function groupchat(room: string, body: string, id: string): string {
-  return `<message to='${room}@${MUC}' type='groupchat' id='${id}'><body>${body}</body></message>`;
-}
-
 describe('multi-user chat: voice requests (XEP-0045 7.13, 8.6)', function () {
   this.timeout(30_000);
-  let server: TestServer;
-  before(async () => {
-    server = await startTestServer({ yaml: MODULES });
-  });
-  after(async () => {
-    await server.stop();
-  });
-  afterEach(async () => {
-    await Promise.all(clients.splice(0).map((c) => c.shutdown()));
-  });
-
-  async function user(prefix: string): Promise<User> {
-    const name = `${prefix}${++seq}`;
-    await server.addUser(name, PASSWORD);
-    return { name, bare: `${name}@localhost` };
-  }
-
-  async function connect(u: User, resource = 'dev'): Promise<XmppClient> {
-    const c = await XmppClient.connect({ port: server.port, name: `${u.name}/${resource}` });
-    clients.push(c);
-    await c.login(u.name, PASSWORD, { resource });
-    return c;
-  }
+  const { user, connect } = useMucServer(MODULES, clients);
 
   /** An owner in a configured room; `moderated` decides whether newcomers are visitors. */
-  async function ownedRoom(moderated: boolean): Promise<{ o: XmppClient; ou: User; room: string }> {
+  async function ownedRoom(moderated: boolean): Promise<{ o: XmppClient; ou: MucUser; room: string }> {
     const ou = await user('owner');
     const o = await connect(ou);
-    const room = `voice${++seq}`;
+    const room = uniqueName('voice');
     await join(o, room, 'boss');
-    const configured = await iq(
-      o,
-      'set',
-      `${room}@${MUC}`,
-      `<query xmlns='${NS_OWNER}'><x xmlns='${NS_DATA}' type='submit'>` +
-        `<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>` +
-        `<field var='muc#roomconfig_moderatedroom'><value>${moderated ? 1 : 0}</value></field></x></query>`,
-    );
-    expect(configured.attrs.type, configured.toString()).to.equal('result');
+    await configureRoom(o, room, { moderatedroom: moderated ? '1' : '0' });
     return { o, ou, room };
   }
 
@@ -159,12 +88,7 @@ describe('multi-user chat: voice requests (XEP-0045 7.13, 8.6)', function () {
       [mu.bare, 'admin'],
       [pu.bare, 'member'],
     ]) {
-      const ok = await iq(
-        o,
-        'set',
-        `${room}@${MUC}`,
-        `<query xmlns='${NS_ADMIN}'><item jid='${bare}' affiliation='${affiliation}'/></query>`,
-      );
+      const ok = await admin(o, room, `<item jid='${bare}' affiliation='${affiliation}'/>`);
       expect(ok.attrs.type).to.equal('result');
     }
     expect(item(await enter(m, room, 'mod', [o])).role).to.equal('moderator');
@@ -215,7 +139,7 @@ describe('multi-user chat: voice requests (XEP-0045 7.13, 8.6)', function () {
   it('reaches a moderator’s second device too', async () => {
     const ou = await user('owner');
     const o = await connect(ou);
-    const room = `voice${++seq}`;
+    const room = uniqueName('voice');
     await join(o, room, 'boss');
     await iq(
       o,
@@ -303,12 +227,7 @@ describe('multi-user chat: voice requests (XEP-0045 7.13, 8.6)', function () {
     const { o, ou, room } = await ownedRoom(true);
     const pu = await user('member');
     const p = await connect(pu);
-    const member = await iq(
-      o,
-      'set',
-      `${room}@${MUC}`,
-      `<query xmlns='${NS_ADMIN}'><item jid='${pu.bare}' affiliation='member'/></query>`,
-    );
+    const member = await admin(o, room, `<item jid='${pu.bare}' affiliation='member'/>`);
     expect(member.attrs.type).to.equal('result');
     await enter(p, room, 'member', [o]);
     const vu = await user('visitor');

@@ -1,119 +1,38 @@
 // Multi-user chat (XEP-0045, with XEP-0410 self-ping and XEP-0421
 // occupant ids) on conference.localhost, with real clients against a real
 // server: what room owners, moderators, occupants and outsiders notice.
-import { rmSync } from 'node:fs';
 import { expect } from 'chai';
-import type { Element } from 'ltx';
-import pino from 'pino';
-import { Server } from '../../src/server.ts';
-import { startTestServer, type TestServer } from '../helpers/server.ts';
-import { NS_STANZAS, XmppClient } from '../helpers/xmpp-client.ts';
+import {
+  acrossRestart,
+  admin,
+  collectUntil,
+  configureRoom,
+  errorCondition,
+  groupchat,
+  iq,
+  isSubject,
+  item,
+  join,
+  MucClients,
+  roomConfigFields,
+  statusCodes,
+  uniqueName,
+  useMucServer,
+  type MucUser,
+} from '../helpers/muc.ts';
+import { MUC, NS_ADMIN, NS_DATA, NS_INFO, NS_MUC, NS_OWNER, NS_USER } from '../helpers/muc.ts';
+import type { XmppClient } from '../helpers/xmpp-client.ts';
 
 const PASSWORD = 'muc-test-pw';
 const MODULES = 'modules: [disco, ping, roster, presence, vcard, muc]';
-const MUC = 'conference.localhost';
-const NS_MUC = 'http://jabber.org/protocol/muc';
-const NS_USER = 'http://jabber.org/protocol/muc#user';
-const NS_ADMIN = 'http://jabber.org/protocol/muc#admin';
-const NS_OWNER = 'http://jabber.org/protocol/muc#owner';
-const NS_INFO = 'http://jabber.org/protocol/disco#info';
 const NS_ITEMS = 'http://jabber.org/protocol/disco#items';
-const NS_DATA = 'jabber:x:data';
 const NS_DELAY = 'urn:xmpp:delay';
 const NS_OID = 'urn:xmpp:occupant-id:0';
 
-let seq = 0;
-const clients: XmppClient[] = [];
-
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((c) => c.shutdown()));
-});
-
-interface User {
-  bare: string;
-  name: string;
-}
-
-async function newUser(server: TestServer, prefix: string): Promise<User> {
-  const name = `${prefix}${++seq}`;
-  await server.addUser(name, PASSWORD);
-  return { name, bare: `${name}@localhost` };
-}
-
-async function login(port: number, user: User, resource = 'dev'): Promise<XmppClient> {
-  const c = await XmppClient.connect({ port, name: `${user.name}/${resource}` });
-  clients.push(c);
-  await c.login(user.name, PASSWORD, { resource });
-  return c;
-}
+const clients = new MucClients(PASSWORD);
 
 function roomName(prefix = 'room'): string {
-  return `${prefix}${++seq}`;
-}
-
-/** Reads elements until one satisfies `done` (included in the result). */
-async function collectUntil(
-  c: XmppClient,
-  done: (e: Element) => boolean,
-  timeoutMs = 3000,
-): Promise<Element[]> {
-  const out: Element[] = [];
-  for (;;) {
-    const ev = await c.next(timeoutMs);
-    if (ev.kind !== 'element') throw new Error(`${c.name}: expected an element, got ${ev.kind}`);
-    out.push(ev.element);
-    if (done(ev.element)) return out;
-  }
-}
-
-const isSubject = (e: Element) => e.name === 'message' && e.getChild('subject') !== undefined;
-
-function statusCodes(presence: Element): string[] {
-  const x = presence.getChild('x', NS_USER);
-  return (x?.getChildren('status') ?? []).map((s) => s.attrs.code as string);
-}
-
-function item(presence: Element): Record<string, string> {
-  return (presence.getChild('x', NS_USER)?.getChild('item')?.attrs ?? {}) as Record<string, string>;
-}
-
-/** Joins and reads the whole join sequence (presences, history, subject). */
-async function join(c: XmppClient, room: string, nick: string, inner = ''): Promise<Element[]> {
-  c.send(`<presence to='${room}@${MUC}/${nick}'><x xmlns='${NS_MUC}'>${inner}</x></presence>`);
-  return collectUntil(c, isSubject);
-}
-
-/**
- * Sends an IQ and returns the answer (of any type). Room broadcasts that the
- * request causes reach the requester before the result (as in XEP-0045's
- * examples) and are skipped here; other clients' tests check them.
- */
-async function iq(c: XmppClient, type: 'get' | 'set', to: string, payload: string): Promise<Element> {
-  const id = c.nextId('iq');
-  c.send(`<iq type='${type}' id='${id}'${to ? ` to='${to}'` : ''}>${payload}</iq>`);
-  const seen = await collectUntil(c, (e) => e.name === 'iq' && e.attrs.id === id);
-  return seen.at(-1)!;
-}
-
-function errorCondition(stanza: Element): string | undefined {
-  const error = stanza.getChild('error');
-  return error?.children.find((k): k is Element => typeof k !== 'string' && k.getNS() === NS_STANZAS)?.name;
-}
-
-function fields(values: Record<string, string>): string {
-  return Object.entries(values)
-    .map(([k, v]) => `<field var='muc#roomconfig_${k}'><value>${v}</value></field>`)
-    .join('');
-}
-
-async function configure(c: XmppClient, room: string, values: Record<string, string> = {}): Promise<void> {
-  const answer = await iq(
-    c,
-    'set',
-    `${room}@${MUC}`,
-    `<query xmlns='${NS_OWNER}'><x xmlns='${NS_DATA}' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>${fields(values)}</x></query>`,
-  );
-  expect(answer.attrs.type, answer.toString()).to.equal('result');
+  return uniqueName(prefix);
 }
 
 /** Creates a room (owner joins, then configures it, which unlocks it). */
@@ -126,30 +45,13 @@ async function createRoom(
   const seen = await join(c, name, nick);
   const self = seen.find((e) => e.name === 'presence' && statusCodes(e).includes('110'));
   expect(self && statusCodes(self), 'the owner is told the room was created').to.include('201');
-  await configure(c, name, values);
+  await configureRoom(c, name, values);
   return name;
-}
-
-async function admin(c: XmppClient, room: string, itemXml: string): Promise<Element> {
-  return iq(c, 'set', `${room}@${MUC}`, `<query xmlns='${NS_ADMIN}'>${itemXml}</query>`);
-}
-
-function groupchat(room: string, body: string, id = 'g1'): string {
-  return `<message to='${room}@${MUC}' type='groupchat' id='${id}'><body>${body}</body></message>`;
 }
 
 describe('multi-user chat (XEP-0045)', function () {
   this.timeout(30_000);
-  let server: TestServer;
-  before(async () => {
-    server = await startTestServer({ yaml: MODULES });
-  });
-  after(async () => {
-    await server.stop();
-  });
-
-  const user = (prefix: string) => newUser(server, prefix);
-  const connect = (u: User, resource?: string) => login(server.port, u, resource);
+  const { user, connect } = useMucServer(MODULES, clients);
 
   describe('discovery', () => {
     it('lists the service on the server, which says it is a text conference service', async () => {
@@ -258,7 +160,7 @@ describe('multi-user chat (XEP-0045)', function () {
       expect(errorCondition(refused)).to.equal('item-not-found');
 
       // An empty submitted form makes it an instant room.
-      await configure(o, room);
+      await configureRoom(o, room);
       const joined = await join(p, room, 'guest');
       expect(joined.map((e) => e.attrs.from)).to.deep.equal([
         `${room}@${MUC}/boss`,
@@ -442,7 +344,7 @@ describe('multi-user chat (XEP-0045)', function () {
         await c.expect(
           `<message type='groupchat' from='${room}@${MUC}/boss'><subject>Plans</subject></message>`,
         );
-      await configure(o, room, { changesubject: '1' });
+      await configureRoom(o, room, { changesubject: '1' });
       // Occupants learn that the configuration changed (104).
       await a.expect(
         `<message type='groupchat' from='${room}@${MUC}'><x xmlns='${NS_USER}'><status code='104'/></x></message>`,
@@ -686,7 +588,7 @@ describe('multi-user chat (XEP-0045)', function () {
         o,
         'set',
         `${room}@${MUC}`,
-        `<query xmlns='${NS_OWNER}'><x xmlns='${NS_DATA}' type='submit'>${fields({ whois: 'everybody' })}</x></query>`,
+        `<query xmlns='${NS_OWNER}'><x xmlns='${NS_DATA}' type='submit'>${roomConfigFields({ whois: 'everybody' })}</x></query>`,
       );
       expect(errorCondition(bad)).to.equal('not-acceptable');
     });
@@ -707,7 +609,7 @@ describe('multi-user chat (XEP-0045)', function () {
         await c.expect(
           `<presence from='${room}@${MUC}/alice'><x xmlns='${NS_USER}'><item affiliation='member'/></x></presence>`,
         );
-      await configure(o, room, { whois: 'anyone', membersonly: '1' });
+      await configureRoom(o, room, { whois: 'anyone', membersonly: '1' });
       for (const c of [a, b]) {
         const notice = await c.expect(`<message type='groupchat' from='${room}@${MUC}'/>`);
         expect(statusCodes(notice)).to.include.members(['104', '172']);
@@ -848,7 +750,7 @@ describe('multi-user chat (XEP-0045)', function () {
         ),
       ).to.equal(null);
 
-      await configure(o, room, { membersonly: '1' });
+      await configureRoom(o, room, { membersonly: '1' });
       const refused = await iq(a, 'set', `${room}@${MUC}`, `<query xmlns='urn:xmpp:mam:2'/>`);
       expect(errorCondition(refused)).to.equal('forbidden');
     });
@@ -998,48 +900,42 @@ describe('multi-user chat: persistent rooms across a restart', function () {
   this.timeout(30_000);
 
   it('restores configuration, affiliations and history of persistent rooms; temporary ones are gone', async () => {
-    const first = await startTestServer({ yaml: MODULES, sqlite: true });
-    let second: Server | null = null;
-    try {
-      const ou: User = { name: 'owner', bare: 'owner@localhost' };
-      const au: User = { name: 'alice', bare: 'alice@localhost' };
-      await first.addUser(ou.name, PASSWORD);
-      await first.addUser(au.name, PASSWORD);
-      const o = await login(first.port, ou);
-      await createRoom(o, 'boss', { persistentroom: '1', membersonly: '1', roomname: 'Kept' }, 'kept');
-      await createRoom(o, 'boss', {}, 'temp');
-      expect((await admin(o, 'kept', `<item jid='${au.bare}' affiliation='member'/>`)).attrs.type).to.equal(
-        'result',
-      );
-      o.send(`<message to='kept@${MUC}' type='groupchat' id='s'><subject>Remembered</subject></message>`);
-      await o.expect(`<message id='s'/>`);
-      o.send(groupchat('kept', 'before the restart', 'k1'));
-      await o.expect(`<message id='k1'/>`);
-      await o.close();
-      await first.server.stop();
-
-      second = new Server(first.server.config, { log: pino({ level: 'silent' }) });
-      await second.start();
-      const port = second.listeners[0]!.port;
-      const a = await login(port, au);
-      const seen = await join(a, 'kept', 'alice');
-      expect(item(seen.find((e) => e.attrs.from === `kept@${MUC}/alice`)!).affiliation).to.equal('member');
-      expect(seen.find((e) => e.getChild('body'))?.getChildText('body')).to.equal('before the restart');
-      expect(seen.at(-1)!.getChildText('subject')).to.equal('Remembered');
-      const info = await iq(a, 'get', `kept@${MUC}`, `<query xmlns='${NS_INFO}'/>`);
-      expect(info.getChild('query')!.getChild('identity')!.attrs.name).to.equal('Kept');
-      expect(errorCondition(await iq(a, 'get', `temp@${MUC}`, `<query xmlns='${NS_INFO}'/>`))).to.equal(
-        'item-not-found',
-      );
-      // The owner is still the owner.
-      const o2 = await login(port, ou);
-      const form = await iq(o2, 'get', `kept@${MUC}`, `<query xmlns='${NS_OWNER}'/>`);
-      expect(form.attrs.type).to.equal('result');
-    } finally {
-      await Promise.all(clients.splice(0).map((c) => c.shutdown()));
-      if (second) await second.stop();
-      else await first.server.stop();
-      rmSync(first.dir, { recursive: true, force: true });
-    }
+    const ou: MucUser = { name: 'owner', bare: 'owner@localhost' };
+    const au: MucUser = { name: 'alice', bare: 'alice@localhost' };
+    await acrossRestart(
+      MODULES,
+      clients,
+      async (first) => {
+        await first.addUser(ou.name, PASSWORD);
+        await first.addUser(au.name, PASSWORD);
+        const o = await clients.login(first.port, ou);
+        await createRoom(o, 'boss', { persistentroom: '1', membersonly: '1', roomname: 'Kept' }, 'kept');
+        await createRoom(o, 'boss', {}, 'temp');
+        expect((await admin(o, 'kept', `<item jid='${au.bare}' affiliation='member'/>`)).attrs.type).to.equal(
+          'result',
+        );
+        o.send(`<message to='kept@${MUC}' type='groupchat' id='s'><subject>Remembered</subject></message>`);
+        await o.expect(`<message id='s'/>`);
+        o.send(groupchat('kept', 'before the restart', 'k1'));
+        await o.expect(`<message id='k1'/>`);
+        await o.close();
+      },
+      async (port) => {
+        const a = await clients.login(port, au);
+        const seen = await join(a, 'kept', 'alice');
+        expect(item(seen.find((e) => e.attrs.from === `kept@${MUC}/alice`)!).affiliation).to.equal('member');
+        expect(seen.find((e) => e.getChild('body'))?.getChildText('body')).to.equal('before the restart');
+        expect(seen.at(-1)!.getChildText('subject')).to.equal('Remembered');
+        const info = await iq(a, 'get', `kept@${MUC}`, `<query xmlns='${NS_INFO}'/>`);
+        expect(info.getChild('query')!.getChild('identity')!.attrs.name).to.equal('Kept');
+        expect(errorCondition(await iq(a, 'get', `temp@${MUC}`, `<query xmlns='${NS_INFO}'/>`))).to.equal(
+          'item-not-found',
+        );
+        // The owner is still the owner.
+        const o2 = await clients.login(port, ou);
+        const form = await iq(o2, 'get', `kept@${MUC}`, `<query xmlns='${NS_OWNER}'/>`);
+        expect(form.attrs.type).to.equal('result');
+      },
+    );
   });
 });
