@@ -20,6 +20,13 @@
 //      unavailable presence, nothing to offline storage) and answers with the
 //      tail; the new node sends the tail, then what its filter held, then
 //      lets stanzas through. The client sees them in the order they arrived.
+//   4. tailed (new node -> holder): the tail arrived. A holder that hears
+//      nothing (the answer came after the new node stopped waiting) routes
+//      the tail again itself: to wherever the session is now, or offline.
+//
+// A holder that never hears `done` asks the new node whether it bound the
+// session (`bound`): only then does its session end as moved; otherwise it
+// ends as an expired held session would (queue offline, contacts told).
 //
 // A stanza that was on its way to the holder when the session ended there is
 // routed again by the cluster (to the new node): it is not lost, though it may
@@ -107,6 +114,14 @@ interface Outgoing {
   cancelTimer: () => void;
 }
 
+/** A tail handed over in a `done` answer, kept until the new node confirms it arrived. */
+interface SentTail {
+  session: ClientSession;
+  to: string;
+  tail: Unacked[];
+  cancelTimer: () => void;
+}
+
 function isRecord(v: JsonValue | null | undefined): v is Record<string, JsonValue> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
@@ -165,6 +180,10 @@ export default defineModule({
     const resumable = new Map<string, SmState>();
     /** Sessions this node is handing over to another (cluster), by resumption id. */
     const outgoing = new Map<string, Outgoing>();
+    /** Tails answered to a `done`, by ticket, until the new node confirms them (step 4). */
+    const sentTails = new Map<string, SentTail>();
+    /** Resumption ids of sessions recently taken over from another node, for `bound`. */
+    const adopted = new Set<string>();
 
     const handledIn = (st: SmState) => (st.session.stanzasIn - st.inBase + MOD) % MOD;
 
@@ -411,6 +430,9 @@ export default defineModule({
       }
 
       const { st, gate, held } = arrival.current;
+      // The holder may ask whether the session got here (its `done` lost).
+      adopted.add(previd);
+      ctx.setTimeout(() => adopted.delete(previd), 3 * HANDOVER_LIMIT_MS);
       send(smElement('resumed', { previd, h: handover.h }));
       for (const q of parsed) gate.release(withDelay(q.stanza, q.queuedAt));
       ctx.log.info(
@@ -422,8 +444,15 @@ export default defineModule({
       void ctx.cluster
         .request(holder.node, { done: previd }, HANDOVER_REQUEST_MS)
         .then(
-          (done) => (isRecord(done) ? queuedList(done.tail) : []),
+          (done) => {
+            if (!isRecord(done)) return [];
+            // Step 4: the holder keeps the tail until told it arrived.
+            if (typeof done.ticket === 'string')
+              ctx.cluster.request(holder.node, { tailed: done.ticket }).catch(() => undefined);
+            return queuedList(done.tail);
+          },
           (err: unknown) => {
+            // A late answer is dropped: the holder then routes the tail here itself.
             ctx.log.warn({ err: (err as Error).message, node: holder.node }, 'no tail from the holder');
             return [] as QueuedJson[];
           },
@@ -437,7 +466,10 @@ export default defineModule({
           for (const stanza of rest) gate.release(stanza);
           gate.remove();
           if (st.unacked.length && session.connected) requestAck(st);
-        });
+        })
+        .catch((err: unknown) =>
+          ctx.log.error({ err, jid: handover.jid }, 'could not deliver the tail of a resumed session'),
+        );
     };
 
     /** The holding node: hands a session over to `to` (step 1). */
@@ -490,19 +522,77 @@ export default defineModule({
         hold(st);
         return { tail: [] };
       }
-      const tail: QueuedJson[] = st.unacked.splice(0).map((q) => [q.stanza.toString(), q.queuedAt]);
+      const kept = st.unacked.splice(0);
+      const tail: QueuedJson[] = kept.map((q) => [q.stanza.toString(), q.queuedAt]);
       // Ending synchronously after taking the tail: nothing more is queued.
       if (!session.isEnded) void session.end(MOVED);
       ctx.log.info({ jid: session.jid.toString(), to: from, tail: tail.length }, 'session handed over');
-      return { tail };
+      if (kept.length === 0) return { tail };
+      // Kept until the other node confirms it got the answer (step 4): if the
+      // answer comes after it stopped waiting, the tail is routed again.
+      const ticket = randomBytes(12).toString('base64url');
+      sentTails.set(ticket, {
+        session,
+        to: from,
+        tail: kept,
+        cancelTimer: ctx.setTimeout(() => {
+          sentTails.delete(ticket);
+          ctx.log.warn(
+            { jid: session.jid.toString(), to: from },
+            'handed-over tail not confirmed; routing it',
+          );
+          routeTail(session, kept);
+        }, HANDOVER_REQUEST_MS),
+      });
+      return { tail, ticket };
+    };
+
+    /** Step 4: the new node got the tail. */
+    const tailed = (data: Record<string, JsonValue>, from: string): JsonValue => {
+      const ticket = typeof data.tailed === 'string' ? data.tailed : '';
+      const sent = sentTails.get(ticket);
+      if (sent && sent.to === from) {
+        sentTails.delete(ticket);
+        sent.cancelTimer();
+      }
+      return null;
+    };
+
+    /** `bound` (holder -> new node): did the session get bound here? */
+    const isBound = (data: Record<string, JsonValue>): JsonValue => ({
+      bound: typeof data.bound === 'string' && adopted.has(data.bound),
+    });
+
+    /**
+     * Once `session` has ended here as moved: sends what it queued meanwhile
+     * to wherever the session is now (the directory), or keeps it as for a
+     * session that ended, when there is none.
+     */
+    const routeTail = (session: ClientSession, tail: Unacked[]): void => {
+      if (tail.length === 0) return;
+      void session.ended
+        .then(async () => {
+          const now = await ctx.sessions.get(session.jid.toString());
+          const alive = now && now !== session && !(now instanceof ClientSession && now.isEnded);
+          for (const q of tail) {
+            const stanza = withDelay(q.stanza, q.queuedAt);
+            if (alive) now.send(stanza);
+            else await rescue(session.jid, stanza);
+          }
+        })
+        .catch((err: unknown) =>
+          ctx.log.error({ err, jid: session.jid.toString() }, 'could not route the tail of a moved session'),
+        );
     };
 
     /**
-     * The node taking the session never confirmed. If it is alive it bound the
-     * session (only a lost confirmation gets here): the session ends here as
-     * moved, and what it queued meanwhile goes to offline storage. If it died,
-     * the session ends here as a held session expires, with everything it
-     * queued going to offline storage and contacts seeing it go.
+     * The node taking the session never confirmed. It is asked whether it
+     * bound the session (its `done` may be what got lost): if so, the session
+     * ends here as moved and what it queued meanwhile follows it there.
+     * Otherwise (that node died, never got the take answer in time, or its
+     * `done{failed}` got lost) the session ends here as a held session
+     * expires, with everything it queued going to offline storage and
+     * contacts seeing it go.
      */
     const giveUp = (id: string) => {
       const out = outgoing.get(id);
@@ -510,23 +600,38 @@ export default defineModule({
       outgoing.delete(id);
       const { st } = out;
       const session = st.session as ClientSession;
-      ctx.log.warn({ jid: session.jid.toString(), to: out.to }, 'session handover not confirmed');
-      if (ctx.cluster.nodes().includes(out.to)) {
-        const tail = st.unacked.splice(0);
-        void session.end(MOVED).then(async () => {
-          for (const q of tail) await rescue(session.jid, withDelay(q.stanza, q.queuedAt));
-        });
-        return;
-      }
-      session.cancelMove();
-      st.unacked.unshift(...out.queue);
-      session.close();
+      const jid = session.jid.toString();
+      ctx.log.warn({ jid, to: out.to }, 'session handover not confirmed');
+      const asked = ctx.cluster.nodes().includes(out.to)
+        ? ctx.cluster.request(out.to, { bound: id, jid }, HANDOVER_REQUEST_MS).then(
+            (answer) => isRecord(answer) && answer.bound === true,
+            () => false,
+          )
+        : Promise.resolve(false);
+      void asked
+        .then((bound) => {
+          if (session.isEnded) return;
+          if (bound) {
+            const tail = st.unacked.splice(0);
+            void session.end(MOVED);
+            ctx.log.info({ jid, to: out.to, tail: tail.length }, 'session handed over (unconfirmed)');
+            routeTail(session, tail);
+            return;
+          }
+          ctx.log.info({ jid, to: out.to }, 'session not taken over; ending it here');
+          session.cancelMove();
+          st.unacked.unshift(...out.queue);
+          session.close();
+        })
+        .catch((err: unknown) => ctx.log.error({ err, jid }, 'could not settle an unconfirmed handover'));
     };
 
     ctx.cluster.onRequest((data, fromNode) => {
       if (!isRecord(data)) return null;
       if (typeof data.take === 'string') return takeOut(data, fromNode);
       if (typeof data.done === 'string') return handOver(data, fromNode);
+      if (typeof data.tailed === 'string') return tailed(data, fromNode);
+      if (typeof data.bound === 'string') return isBound(data);
       return null;
     });
 
@@ -596,6 +701,13 @@ export default defineModule({
 
     ctx.onUnload(async () => {
       resumable.clear();
+      adopted.clear();
+      // Tails not confirmed yet: routed again, as when the confirmation never comes.
+      for (const [ticket, sent] of [...sentTails]) {
+        sentTails.delete(ticket);
+        sent.cancelTimer();
+        routeTail(sent.session, sent.tail);
+      }
       // Sessions being handed over when the node stops: the other node has
       // them (or will not get them); what they queued meanwhile is kept offline.
       for (const [id, out] of [...outgoing]) {

@@ -30,6 +30,12 @@ import {
 } from './subscriptions.ts';
 
 const NS_PREAPPROVAL = 'urn:xmpp:features:pre-approval';
+/**
+ * Cluster: the shared session fact listing where a session sent directed
+ * presence, so that the node it moves to (stream management resumption
+ * there) still tells them when it goes.
+ */
+const SHARED_DIRECTED = 'presence:directed';
 
 export default defineModule({
   name: 'presence',
@@ -42,6 +48,13 @@ export default defineModule({
     const announced = new WeakSet<Session>();
     /** Where each session sent directed available presence (RFC 6121 4.6). */
     const directed = new WeakMap<Session, Set<string>>();
+
+    /** Publishes a session's directed-presence targets for the other nodes (cluster only). */
+    const shareDirected = (session: Session) => {
+      if (!ctx.cluster.enabled) return;
+      const set = directed.get(session);
+      session.setShared(SHARED_DIRECTED, set?.size ? [...set] : undefined);
+    };
 
     const bareOf = (user: string) => `${user}@${ctx.host}`;
     const presence = (attrs: Record<string, string>) => new Element('presence', attrs);
@@ -160,6 +173,7 @@ export default defineModule({
       const wasAvailable = announced.delete(session);
       const targets = directed.get(session);
       directed.delete(session);
+      if (targets?.size) shareDirected(session);
       if (!wasAvailable && !targets) return;
       const reached = new Set<string>();
       if (wasAvailable) {
@@ -184,12 +198,14 @@ export default defineModule({
       if (to.bare.equals(session.jid.bare)) return;
       const target = to.toString();
       if (stanza.attrs.type === 'unavailable') {
-        directed.get(session)?.delete(target);
+        if (directed.get(session)?.delete(target)) shareDirected(session);
         return;
       }
       let set = directed.get(session);
       if (!set) directed.set(session, (set = new Set()));
+      if (set.has(target)) return;
       set.add(target);
+      shareDirected(session);
     }
 
     const onOutbound = (ev: StanzaEvent) => {
@@ -218,6 +234,18 @@ export default defineModule({
     ctx.hook('pre-presence/full', onOutbound);
     ctx.hook('pre-presence/host', onOutbound);
 
+    // Cluster: a session resumed here from another node (stream management)
+    // arrives available, without initial presence sent here: it counts as
+    // announced (it goes offline for contacts when it ends, and its next
+    // presence is no initial one), with the directed presence it sent there.
+    ctx.hook('resource-bind', ({ session }) => {
+      if (session.available) announced.add(session);
+      const shared = session.getShared(SHARED_DIRECTED);
+      if (!Array.isArray(shared)) return;
+      const targets = shared.filter((t): t is string => typeof t === 'string');
+      if (targets.length) directed.set(session, new Set(targets));
+    });
+
     // A session that ends without unavailable presence still goes offline for
     // everyone; one that moved to another cluster node (stream management
     // resumption there) is still online.
@@ -235,12 +263,14 @@ export default defineModule({
       if (!wasAvailable) return;
       const full = jid.toString();
       const stanza = presence({ type: 'unavailable', from: full });
-      void roster.serialize(jid.local, async () => {
-        for (const s of await availableSessions(jid.local)) s.send(copy(stanza, full, s.jid.toString()));
-        for (const [contact, item] of await roster.items(jid.local)) {
-          if (hasFrom(item.subscription)) ctx.send(copy(stanza, full, contact));
-        }
-      });
+      roster
+        .serialize(jid.local, async () => {
+          for (const s of await availableSessions(jid.local)) s.send(copy(stanza, full, s.jid.toString()));
+          for (const [contact, item] of await roster.items(jid.local)) {
+            if (hasFrom(item.subscription)) ctx.send(copy(stanza, full, contact));
+          }
+        })
+        .catch((err: unknown) => ctx.log.error({ err, jid: full }, 'unavailable for a lost session failed'));
     });
 
     // ---- inbound: to a local user ----------------------------------------------------

@@ -4,11 +4,9 @@
 // client whose node died gets <failed/> and then its offline messages.
 import { expect } from 'chai';
 import type { Element } from 'ltx';
-import { Redis } from 'ioredis';
-import { startCluster, type TestCluster } from '../helpers/cluster.ts';
-import { available, fetchRoster } from '../helpers/fixtures.ts';
-import { redisMissing } from '../helpers/redis.ts';
-import { NS_STANZAS, XmppClient } from '../helpers/xmpp-client.ts';
+import { readUntil, sleep, subscribe, useCluster } from '../helpers/cluster.ts';
+import { available } from '../helpers/fixtures.ts';
+import { NS_STANZAS, type XmppClient } from '../helpers/xmpp-client.ts';
 
 const SM = 'urn:xmpp:sm:3';
 const PASSWORD = 'smacks-cluster-pw';
@@ -22,10 +20,6 @@ const YAML = [
 
 const A = 0;
 const B = 1;
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
 
 function chat(to: string, id: string): string {
   return `<message to='${to}' type='chat' id='${id}'><body>${id}</body></message>`;
@@ -78,52 +72,17 @@ function messageIds(elements: Element[]): string[] {
 
 describe('cluster: stream management resumption on another node', function () {
   this.timeout(60_000);
-  let cluster: TestCluster;
-  let redis: Redis;
-  const clients: XmppClient[] = [];
+  const fixture = useCluster(
+    { nodes: 2, users: Object.fromEntries(USERS.map((u) => [u, PASSWORD])), yaml: YAML },
+    PASSWORD,
+  );
+  const { clients } = fixture;
 
-  before(async function () {
-    const missing = redisMissing();
-    if (missing) {
-      if (process.env.CI) throw new Error(missing);
-      console.log(`      skipped: ${missing}`);
-      this.skip();
-    }
-    cluster = await startCluster({
-      nodes: 2,
-      users: Object.fromEntries(USERS.map((u) => [u, PASSWORD])),
-      yaml: YAML,
-    });
-    redis = new Redis(cluster.redis.url);
-  });
-
-  after(async () => {
-    redis?.disconnect();
-    await cluster?.stop();
-  });
-
-  afterEach(async () => {
-    await Promise.all(clients.splice(0).map((c) => c.shutdown()));
-  });
-
-  async function connect(node: number, name: string): Promise<XmppClient> {
-    const c = await XmppClient.connect({ port: cluster.nodes[node]!.port, name: `${name}@${node}` });
-    clients.push(c);
-    return c;
-  }
-
-  /** Logged in, roster fetched, available. */
-  async function online(node: number, user: string, resource = 'r'): Promise<XmppClient> {
-    const c = await connect(node, `${user}/${resource}`);
-    await c.login(user, PASSWORD, { resource });
-    await fetchRoster(c);
-    await available(c);
-    return c;
-  }
+  const online = (node: number, user: string, resource?: string) => clients.online(node, user, resource);
 
   /** A new connection, authenticated as `user` but not bound, ready to resume. */
   async function authenticated(node: number, user: string): Promise<XmppClient> {
-    const c = await connect(node, `${user} (new connection)`);
+    const c = await clients.connect(node, `${user} (new connection)`);
     await c.open();
     await c.startTls();
     await c.authenticate(user, PASSWORD);
@@ -136,44 +95,18 @@ describe('cluster: stream management resumption on another node', function () {
     return enabled.attrs.id as string;
   }
 
-  /** Reads stanzas until `pattern` matches (pushes and presence may come first). */
-  async function expectEventually(c: XmppClient, pattern: string, timeoutMs = 5000): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    while (Date.now() < deadline) {
-      const event = await c.next(deadline - Date.now()).catch(() => null);
-      if (!event) break;
-      if (event.kind === 'element' && c.check(pattern, event.element) === null) return;
-    }
-    throw new Error(`${c.name}: never got ${pattern}\n${c.recentTranscript()}`);
-  }
-
-  /** Mutual presence subscription between two online clients. */
-  async function subscribe(a: XmppClient, b: XmppClient): Promise<void> {
-    const aJid = a.jid!.split('/')[0]!;
-    const bJid = b.jid!.split('/')[0]!;
-    for (const [x, y, xJid, yJid] of [
-      [a, b, aJid, bJid],
-      [b, a, bJid, aJid],
-    ] as const) {
-      x.send(`<presence to='${yJid}' type='subscribe'/>`);
-      await expectEventually(y, `<presence from='${xJid}' type='subscribe'/>`);
-      y.send(`<presence to='${xJid}' type='subscribed'/>`);
-      await expectEventually(x, `<presence from='${y.jid}'/>`);
-    }
-  }
-
   /** Sends messages and waits until the sender's node has routed them (a ping round trip). */
   async function sendAll(c: XmppClient, to: string, ids: string[]): Promise<void> {
     for (const id of ids) c.send(chat(to, id));
     const ping = c.nextId('ping');
     c.send(`<iq type='get' id='${ping}' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>`);
-    await expectEventually(c, `<iq type='result' id='${ping}'/>`);
+    await readUntil(c, `<iq type='result' id='${ping}'/>`);
   }
 
   /** The directory entry of a full JID, parsed, or null. */
   async function entry(fullJid: string): Promise<{ n: string; c: number; s: string } | null> {
     const [bare, resource] = fullJid.split('/');
-    const json = await redis.hget(`chorus:u:${bare}`, resource!);
+    const json = await fixture.redis.hget(`chorus:u:${bare}`, resource!);
     return json ? (JSON.parse(json) as { n: string; c: number; s: string }) : null;
   }
 
@@ -209,13 +142,13 @@ describe('cluster: stream management resumption on another node', function () {
     expect(resent.every((m) => m.attrs.from === sender.jid)).to.equal(true);
 
     // The directory now points at node A.
-    const entries = await redis.hgetall('chorus:u:bob@localhost');
+    const entries = await fixture.redis.hgetall('chorus:u:bob@localhost');
     expect(Object.keys(entries)).to.deep.equal(['phone']);
     expect(JSON.parse(entries.phone!).n).to.equal('a');
     expect(JSON.parse(entries.phone!).c).to.equal(1);
     expect(JSON.parse(entries.phone!).a).to.equal(1);
-    expect(await redis.sismember('chorus:n:a', bobJid)).to.equal(1);
-    expect(await redis.sismember('chorus:n:b', bobJid)).to.equal(0);
+    expect(await fixture.redis.sismember('chorus:n:a', bobJid)).to.equal(1);
+    expect(await fixture.redis.sismember('chorus:n:b', bobJid)).to.equal(0);
 
     // Later messages arrive on A, and the stream goes on counting.
     await sendAll(sender, bobJid, ['m7']);
@@ -224,7 +157,7 @@ describe('cluster: stream management resumption on another node', function () {
     const handled = 1 + resent.length + 1;
     n.send(`<a xmlns='${SM}' h='${handled}'/>`);
     n.send(chat(sender.jid!, 'reply'));
-    await expectEventually(sender, `<message from='${bobJid}' id='reply'/>`);
+    await readUntil(sender, `<message from='${bobJid}' id='reply'/>`);
     n.send(`<r xmlns='${SM}'/>`);
     await n.expect(`<a xmlns='${SM}' h='1'/>`);
 
@@ -312,7 +245,9 @@ describe('cluster: stream management resumption on another node', function () {
     lost.send(`<resume xmlns='${SM}' previd='${id}' h='1'/>`);
     lost.socket.end();
     await sleep(300);
-    expect(cluster.nodes[A]!.output()).to.include('could not bind a session resumed from another node');
+    expect(fixture.cluster.nodes[A]!.output()).to.include(
+      'could not bind a session resumed from another node',
+    );
     expect((await entry(judyJid))?.n, 'the session stays on B').to.equal('b');
     await sendAll(sender, judyJid, ['w3']);
 
@@ -347,7 +282,7 @@ describe('cluster: stream management resumption on another node', function () {
     const carolJid = r.jid!;
     r.destroy();
     await untilHeld(carolJid);
-    await cluster.nodes[B]!.kill('SIGKILL');
+    await fixture.cluster.nodes[B]!.kill('SIGKILL');
 
     // Sent after B died: kept in offline storage, whatever the directory still says.
     await sendAll(sender, 'carol@localhost', ['z1', 'z2']);
