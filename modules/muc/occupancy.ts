@@ -7,6 +7,7 @@ import { MOVED } from '../../src/session/client-session.ts';
 import { getChild } from '../../src/xml/element.ts';
 import { sendHistory } from './history.ts';
 import { NS_MUC, NS_PING, Status } from './ns.ts';
+import { refreshRoom } from './persistence.ts';
 import { Room, type Occupant } from './room.ts';
 import type { MucService } from './service.ts';
 
@@ -129,7 +130,11 @@ async function onPresence(muc: MucService, ev: StanzaEvent): Promise<boolean> {
   const { stanza, from, to } = ev;
   const type = stanza.attrs.type as string | undefined;
   const full = from.toString();
-  const room = muc.rooms.get(to.local);
+  // Joins (and nothing else) may need the stored room: see refreshRoom.
+  const room =
+    type === undefined && !muc.rooms.get(to.local)?.bySessionJid(full)
+      ? await refreshRoom(muc, to.local)
+      : muc.rooms.get(to.local);
   const occupant = room?.bySessionJid(full);
   if (type === 'unavailable' || type === 'error') {
     // An error from an occupant's client means it is gone (XEP-0045 18.1).

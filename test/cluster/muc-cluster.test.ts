@@ -212,4 +212,35 @@ describe('cluster: multi-user chat rooms on other nodes', function () {
       rejoined.some((e) => presenceFrom(`${moving}@${MUC}/Yuri`)(e) && statusCodes(e).includes('110')),
     ).to.equal(true);
   });
+
+  it('gives a persistent room that moves to another node its stored owner, not the next joiner', async () => {
+    // Whichever nodes are still up (the test before kills a): the room lives
+    // on one that is not c, and moves when that node dies.
+    const nodes = await liveNodes();
+    const victim = nodes.find((n) => n !== 'c')!;
+    const index = victim.charCodeAt(0) - 97;
+    // Created now, after every node loaded the stored rooms: only the victim has it.
+    const room = roomOwnedBy(victim, nodes, 'kept');
+    const yuri = await login(index, 'yuri', 'owner');
+    await join(yuri, room, 'Yuri');
+    await configureRoom(yuri, room, { persistentroom: '1' });
+
+    await cluster.nodes[index]!.kill('SIGKILL');
+    open.splice(open.indexOf(yuri), 1);
+    yuri.destroy();
+    // The others take the room over once they see the victim gone.
+    const deadline = Date.now() + cluster.nodeTtlMs + 10 * cluster.heartbeatMs;
+    while ((await redis.exists(`chorus:alive:${victim}`)) === 1 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await new Promise((r) => setTimeout(r, 3 * cluster.heartbeatMs));
+
+    const xena = await login(2, 'xena', 'tablet');
+    const seq = await join(xena, room, 'Xena');
+    const self = seq.find(presenceFrom(`${room}@${MUC}/Xena`));
+    expect(self, seq.join('\n')).not.to.equal(undefined);
+    // Not a new room (201), and xena is nobody special in it.
+    expect(statusCodes(self!)).not.to.include('201');
+    expect(item(self!).affiliation).to.equal('none');
+  });
 });
