@@ -698,16 +698,7 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
    * set changes, and then only those of the nodes that came or went.
    */
   ownerOf(key: string): string {
-    let best = this.nodeId;
-    let bestScore = -1;
-    for (const node of this.sortedLiveNodes) {
-      const score = fnv1a(`${node}\u0000${key}`);
-      if (score > bestScore) {
-        best = node;
-        bestScore = score;
-      }
-    }
-    return best;
+    return rendezvousOwner(this.sortedLiveNodes, key) ?? this.nodeId;
   }
 
   /** Sends a stanza to `node` to be routed there. */
@@ -943,6 +934,23 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
     this.subscriber.disconnect();
     await this.redis.quit().catch(() => this.redis.disconnect());
   }
+}
+
+/**
+ * Rendezvous (highest random weight) hashing: the node of `nodes` (sorted)
+ * that owns `key`. Exported so that tests can tell which node holds a room.
+ */
+export function rendezvousOwner(nodes: readonly string[], key: string): string | undefined {
+  let best: string | undefined;
+  let bestScore = -1;
+  for (const node of nodes) {
+    const score = fnv1a(`${node}\u0000${key}`);
+    if (score > bestScore) {
+      best = node;
+      bestScore = score;
+    }
+  }
+  return best;
 }
 
 function fnv1a(text: string): number {

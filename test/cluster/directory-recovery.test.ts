@@ -4,15 +4,10 @@
 // had died. Real redis-server, real Chorus processes.
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
-import { startCluster, type TestCluster } from '../helpers/cluster.ts';
-import { redisMissing } from '../helpers/redis.ts';
+import { startCluster, type TestCluster, requireRedis, sleep } from '../helpers/cluster.ts';
 import { XmppClient } from '../helpers/xmpp-client.ts';
 
 const PASSWORD = 'recovery-test-pw';
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
 
 /** Reads stanzas until one matches (roster pushes and presence may come first). */
 async function readUntil(c: XmppClient, pattern: string, timeoutMs = 5000): Promise<void> {
@@ -35,12 +30,7 @@ function describeWithCluster(
     let redis: Redis;
     const clients: XmppClient[] = [];
     before(async function () {
-      const missing = redisMissing();
-      if (missing) {
-        if (process.env.CI) throw new Error(missing);
-        console.log(`      skipped: ${missing}`);
-        this.skip();
-      }
+      requireRedis(this);
       cluster = await startCluster({
         nodes: options.nodes,
         users: Object.fromEntries(options.users.map((u) => [u, PASSWORD])),

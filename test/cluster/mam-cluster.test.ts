@@ -2,16 +2,11 @@
 // message for a user may not be the node where the user changed them.
 import { expect } from 'chai';
 import type { Element } from 'ltx';
-import { startCluster, type TestCluster } from '../helpers/cluster.ts';
-import { redisMissing } from '../helpers/redis.ts';
+import { startCluster, type TestCluster, requireRedis, sleep } from '../helpers/cluster.ts';
 import { XmppClient } from '../helpers/xmpp-client.ts';
 
 const PASSWORD = 'mam-cluster-test-pw';
 const NS_MAM = 'urn:xmpp:mam:2';
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
 
 describe('cluster: archive preferences changed on another node', function () {
   this.timeout(60_000);
@@ -19,12 +14,7 @@ describe('cluster: archive preferences changed on another node', function () {
   const clients: XmppClient[] = [];
 
   before(async function () {
-    const missing = redisMissing();
-    if (missing) {
-      if (process.env.CI) throw new Error(missing);
-      console.log(`      skipped: ${missing}`);
-      this.skip();
-    }
+    requireRedis(this);
     cluster = await startCluster({ nodes: 2, users: { gus: PASSWORD, hal: PASSWORD } });
   });
 

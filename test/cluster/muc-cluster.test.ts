@@ -5,43 +5,24 @@
 // must still leave every room, wherever the room lives.
 //
 // Which node owns a room: the owner is chosen by rendezvous hashing of the
-// room's bare JID over the live nodes (ownerOf in src/cluster/redis-cluster.ts,
-// which the servers do not expose). The test reads the live nodes from Redis
-// (`SMEMBERS chorus:nodes`) and computes the same hash, so that it can pick
-// room names whose owner is a node that neither occupant is connected to.
+// room's bare JID over the live nodes (rendezvousOwner in
+// src/cluster/redis-cluster.ts). The test reads the live nodes from Redis
+// (`SMEMBERS chorus:nodes`) and computes the same, so that it can pick room
+// names whose owner is a node that neither occupant is connected to.
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import type { Element } from 'ltx';
-import { startCluster, type TestCluster } from '../helpers/cluster.ts';
+import { rendezvousOwner } from '../../src/cluster/redis-cluster.ts';
+import { startCluster, type TestCluster, requireRedis } from '../helpers/cluster.ts';
 import { configureRoom, errorCondition, iq, item, join, MUC, statusCodes } from '../helpers/muc.ts';
-import { redisMissing } from '../helpers/redis.ts';
 import { XmppClient } from '../helpers/xmpp-client.ts';
 
 const PASSWORD = 'muc-cluster-pw';
 const NS_PING = 'urn:xmpp:ping';
 
-/** The hash of ownerOf in src/cluster/redis-cluster.ts (32-bit FNV-1a). */
-function fnv1a(text: string): number {
-  let hash = 0x811c9dc5;
-  for (let i = 0; i < text.length; i++) {
-    hash ^= text.charCodeAt(i);
-    hash = Math.imul(hash, 0x01000193);
-  }
-  return hash >>> 0;
-}
-
-/** The node that owns `key` among `nodes`, as ownerOf computes it (ties: first in sorted order). */
+/** The node that owns `key` among `nodes`, as the servers compute it. */
 function ownerOf(nodes: readonly string[], key: string): string {
-  let best = '';
-  let bestScore = -1;
-  for (const node of [...nodes].sort()) {
-    const score = fnv1a(`${node}\u0000${key}`);
-    if (score > bestScore) {
-      best = node;
-      bestScore = score;
-    }
-  }
-  return best;
+  return rendezvousOwner([...nodes].sort(), key)!;
 }
 
 let roomSeq = 0;
@@ -82,13 +63,7 @@ describe('cluster: multi-user chat rooms on other nodes', function () {
   const open: XmppClient[] = [];
 
   before(async function () {
-    const missing = redisMissing();
-    if (missing) {
-      // .ci/run installs redis-server, so in CI its absence is a failure.
-      if (process.env.CI) throw new Error(missing);
-      console.log(`      skipped: ${missing}`);
-      this.skip();
-    }
+    requireRedis(this);
     cluster = await startCluster({ nodes: 3, users: { xena: PASSWORD, yuri: PASSWORD } });
     redis = new Redis(cluster.redis.url);
   });

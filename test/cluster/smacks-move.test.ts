@@ -6,9 +6,8 @@
 import { expect } from 'chai';
 import type { Element } from 'ltx';
 import { Redis } from 'ioredis';
-import { startCluster, type TestCluster } from '../helpers/cluster.ts';
+import { startCluster, type TestCluster, requireRedis, sleep } from '../helpers/cluster.ts';
 import { available, fetchRoster } from '../helpers/fixtures.ts';
-import { redisMissing } from '../helpers/redis.ts';
 import { NS_STANZAS, XmppClient } from '../helpers/xmpp-client.ts';
 
 const SM = 'urn:xmpp:sm:3';
@@ -24,10 +23,6 @@ const YAML = [
 const A = 0;
 const B = 1;
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
 describe('cluster: after a stream management resumption on another node', function () {
   this.timeout(90_000);
   let cluster: TestCluster;
@@ -35,12 +30,7 @@ describe('cluster: after a stream management resumption on another node', functi
   const clients: XmppClient[] = [];
 
   before(async function () {
-    const missing = redisMissing();
-    if (missing) {
-      if (process.env.CI) throw new Error(missing);
-      console.log(`      skipped: ${missing}`);
-      this.skip();
-    }
+    requireRedis(this);
     cluster = await startCluster({
       nodes: 2,
       users: Object.fromEntries(USERS.map((u) => [u, PASSWORD])),
