@@ -33,7 +33,7 @@ import asyncio
 import sys
 from typing import Any, Optional
 
-from interop_common import (EXIT_LOGIN_FAILED, EXIT_OK, EXIT_USAGE, await_login, close_stream,
+from interop_common import (EXIT_LOGIN_FAILED, EXIT_OK, EXIT_USAGE, SlixmppLogin, close_stream,
                             connect_starttls, die, emit, iq_error_text, log, read_commands, require,
                             run_main, slixmpp_client, start_asyncio)
 
@@ -91,33 +91,8 @@ async def run() -> int:
     for plugin in ('xep_0030', 'xep_0199', 'xep_0203', 'xep_0280', 'xep_0191'):
         xmpp.register_plugin(plugin)
 
-    ready: asyncio.Future[None] = loop.create_future()
+    login = SlixmppLogin(xmpp, loop)
     commands: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    state: dict[str, Any] = {'mechanism': None, 'failure': None, 'quitting': False}
-    gone = asyncio.Event()
-
-    def login_failed(reason: str) -> None:
-        state['quitting'] = True
-        if not ready.done():
-            ready.set_exception(RuntimeError(reason))
-
-    def on_auth_success(_stanza: Any) -> None:
-        state['mechanism'] = xmpp['feature_mechanisms'].mech.name
-
-    def on_failed_auth(failure: Any) -> None:
-        state['failure'] = '%s %s' % (failure['condition'], failure['text'])
-
-    def on_session_start(_event: Any) -> None:
-        xmpp.send_presence()
-        if not ready.done():
-            ready.set_result(None)
-
-    def on_disconnected(reason: Any) -> None:
-        gone.set()
-        if not ready.done():
-            login_failed('disconnected before session start: %s' % reason)
-        elif not state['quitting']:
-            die(EXIT_LOGIN_FAILED, 'disconnected unexpectedly: %s' % reason)
 
     def on_message(msg: Any) -> None:
         # Carbon wrappers are reported by the carbon_* handlers below.
@@ -151,26 +126,16 @@ async def run() -> int:
             'status': pres['status'],
         })
 
-    xmpp.add_event_handler('auth_success', on_auth_success)
-    xmpp.add_event_handler('failed_auth', on_failed_auth)
-    xmpp.add_event_handler('failed_all_auth',
-                           lambda _e: login_failed('authentication failed: %s' % state['failure']))
-    xmpp.add_event_handler('no_auth', lambda _e: login_failed('no usable SASL mechanism offered'))
-    xmpp.add_event_handler('ssl_invalid_chain', lambda e: login_failed('certificate not trusted: %s' % e))
-    xmpp.add_event_handler('connection_failed', lambda e: login_failed('connection failed: %s' % e))
-    xmpp.add_event_handler('stream_error', lambda e: log('stream error: %s' % e))
-    xmpp.add_event_handler('disconnected', on_disconnected)
-    xmpp.add_event_handler('session_start', on_session_start)
     xmpp.add_event_handler('message', on_message)
     xmpp.add_event_handler('carbon_received', lambda m: on_carbon('received', m))
     xmpp.add_event_handler('carbon_sent', lambda m: on_carbon('sent', m))
     xmpp.add_event_handler('presence', on_presence)
 
     connect_starttls(xmpp, args)
-    if not await await_login(ready, gone):
+    if not await login.wait():
         return EXIT_LOGIN_FAILED
 
-    emit('ready', {'jid': str(xmpp.boundjid), 'mechanism': state['mechanism'], 'tls': None})
+    emit('ready', {'jid': str(xmpp.boundjid), 'mechanism': login.mechanism, 'tls': None})
     await read_commands(loop, commands)
 
     async def iq_command(key: str, awaitable: Any, extra: Optional[dict[str, Any]] = None) -> Any:
@@ -236,11 +201,11 @@ async def run() -> int:
         elif name == 'abort':
             # The connection ends without </stream:stream>, as when a phone
             # loses its network: the server has to notice on its own.
-            state['quitting'] = True
+            login.quitting = True
             if xmpp.transport is not None:
                 xmpp.transport.abort()
             try:
-                await asyncio.wait_for(gone.wait(), timeout=5)
+                await asyncio.wait_for(login.gone.wait(), timeout=5)
             except asyncio.TimeoutError:
                 pass
             emit('aborted', {})
@@ -248,7 +213,7 @@ async def run() -> int:
         else:
             log('unknown command %r' % name)
 
-    state['quitting'] = True
+    login.quitting = True
     return await close_stream(xmpp)
 
 

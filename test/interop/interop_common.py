@@ -31,7 +31,7 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Callable, Coroutine, NoReturn
+from typing import Any, Callable, Coroutine, NoReturn, Optional
 
 EXIT_OK = 0
 EXIT_LOGIN_FAILED = 1
@@ -176,6 +176,62 @@ def slixmpp_client(args: argparse.Namespace) -> Any:
 def connect_starttls(xmpp: Any, args: argparse.Namespace) -> None:
     """Connects to --host:--port and requires STARTTLS."""
     xmpp.connect(address=(args.host, args.port), force_starttls=True, disable_starttls=False, use_ssl=False)
+
+
+class SlixmppLogin:
+    """The login life cycle every slixmpp script shares.
+
+    `ready` resolves at session start, after initial presence is sent; any
+    login failure rejects it with the reason. A disconnect after login ends
+    the script, unless the script set `quitting` first. `mechanism` is the
+    SASL mechanism that succeeded.
+    """
+
+    def __init__(self, xmpp: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.xmpp = xmpp
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.gone = asyncio.Event()
+        self.quitting = False
+        self.failure: Optional[str] = None
+        self.mechanism: Optional[str] = None
+        on = xmpp.add_event_handler
+        on('auth_success', self._auth_success)
+        on('failed_auth', self._failed_auth)
+        on('failed_all_auth', lambda _e: self.fail('authentication failed: %s' % self.failure))
+        on('no_auth', lambda _e: self.fail('no usable SASL mechanism offered'))
+        on('ssl_invalid_chain', lambda e: self.fail('certificate not trusted: %s' % e))
+        on('connection_failed', lambda e: self.fail('connection failed: %s' % e))
+        on('stream_error', lambda e: log('stream error: %s' % e))
+        on('disconnected', self._disconnected)
+        on('session_start', self._session_start)
+
+    def fail(self, reason: str) -> None:
+        self.quitting = True
+        if not self.ready.done():
+            self.ready.set_exception(RuntimeError(reason))
+
+    async def wait(self) -> bool:
+        """True once logged in; False (login_failed printed) when the login failed."""
+        return await await_login(self.ready, self.gone)
+
+    def _auth_success(self, _stanza: Any) -> None:
+        self.mechanism = self.xmpp['feature_mechanisms'].mech.name
+
+    def _failed_auth(self, failure: Any) -> None:
+        self.failure = '%s %s' % (failure['condition'], failure['text'])
+        log('SASL failure: %s' % self.failure)
+
+    def _session_start(self, _event: Any) -> None:
+        self.xmpp.send_presence()
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    def _disconnected(self, reason: Any) -> None:
+        self.gone.set()
+        if not self.ready.done():
+            self.fail('disconnected before session start: %s' % reason)
+        elif not self.quitting:
+            die(EXIT_LOGIN_FAILED, 'disconnected unexpectedly: %s' % reason)
 
 
 async def await_login(ready: 'asyncio.Future[None]', gone: asyncio.Event) -> bool:

@@ -22,7 +22,7 @@ Commands on stdin, besides disco and quit:
 import asyncio
 from typing import Any, Optional
 
-from interop_common import (EXIT_LOGIN_FAILED, await_login, close_stream, connect_starttls, die,
+from interop_common import (EXIT_LOGIN_FAILED, SlixmppLogin, close_stream, connect_starttls,
                             emit, iq_error_text, log, read_commands, require, run_main,
                             slixmpp_client, start_asyncio)
 
@@ -58,27 +58,8 @@ async def run() -> int:
     for plugin in ('xep_0030', 'xep_0059', 'xep_0297', 'xep_0313'):
         xmpp.register_plugin(plugin)
 
-    ready: asyncio.Future[None] = loop.create_future()
+    login = SlixmppLogin(xmpp, loop)
     commands: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    state: dict[str, Any] = {'failure': None, 'quitting': False}
-    gone = asyncio.Event()
-
-    def login_failed(reason: str) -> None:
-        state['quitting'] = True
-        if not ready.done():
-            ready.set_exception(RuntimeError(reason))
-
-    def on_session_start(_event: Any) -> None:
-        xmpp.send_presence()
-        if not ready.done():
-            ready.set_result(None)
-
-    def on_disconnected(reason: Any) -> None:
-        gone.set()
-        if not ready.done():
-            login_failed('disconnected before session start: %s' % reason)
-        elif not state['quitting']:
-            die(EXIT_LOGIN_FAILED, 'disconnected unexpectedly: %s' % reason)
 
     def on_message(msg: Any) -> None:
         # MAM results are taken by the plugin's collectors; report the rest
@@ -86,20 +67,10 @@ async def run() -> int:
         is_mam = msg.xml.find('{%s}result' % NS_MAM) is not None
         emit('message', {'from': str(msg['from']), 'body': msg['body'], 'mam': is_mam})
 
-    def on_failed_auth(failure: Any) -> None:
-        state['failure'] = '%s %s' % (failure['condition'], failure['text'])
-
-    xmpp.add_event_handler('failed_auth', on_failed_auth)
-    xmpp.add_event_handler('failed_all_auth',
-                           lambda _e: login_failed('authentication failed: %s' % state['failure']))
-    xmpp.add_event_handler('ssl_invalid_chain', lambda e: login_failed('certificate not trusted: %s' % e))
-    xmpp.add_event_handler('connection_failed', lambda e: login_failed('connection failed: %s' % e))
-    xmpp.add_event_handler('disconnected', on_disconnected)
-    xmpp.add_event_handler('session_start', on_session_start)
     xmpp.add_event_handler('message', on_message)
 
     connect_starttls(xmpp, args)
-    if not await await_login(ready, gone):
+    if not await login.wait():
         return EXIT_LOGIN_FAILED
 
     emit('ready', {'jid': str(xmpp.boundjid), 'mechanism': xmpp['feature_mechanisms'].mech.name, 'tls': None})
@@ -174,7 +145,7 @@ async def run() -> int:
         else:
             log('unknown command %r' % name)
 
-    state['quitting'] = True
+    login.quitting = True
     return await close_stream(xmpp)
 
 

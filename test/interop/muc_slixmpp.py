@@ -30,7 +30,7 @@ Commands on stdin, besides quit:
 import asyncio
 from typing import Any
 
-from interop_common import (EXIT_LOGIN_FAILED, await_login, close_stream, connect_starttls, die, emit, log,
+from interop_common import (EXIT_LOGIN_FAILED, SlixmppLogin, close_stream, connect_starttls, emit, log,
                             read_commands, require, run_main, slixmpp_client, start_asyncio)
 
 require('slixmpp', 'python3-slixmpp')
@@ -98,43 +98,13 @@ async def run() -> int:
     for plugin in ('xep_0030', 'xep_0004', 'xep_0045', 'xep_0203'):
         xmpp.register_plugin(plugin)
 
-    ready: asyncio.Future[None] = loop.create_future()
+    login = SlixmppLogin(xmpp, loop)
     commands: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    state: dict[str, Any] = {'failure': None, 'quitting': False}
-    gone = asyncio.Event()
-
-    def login_failed(reason: str) -> None:
-        state['quitting'] = True
-        if not ready.done():
-            ready.set_exception(RuntimeError(reason))
-
-    def on_session_start(_event: Any) -> None:
-        xmpp.send_presence()
-        if not ready.done():
-            ready.set_result(None)
-
-    def on_disconnected(reason: Any) -> None:
-        gone.set()
-        if not ready.done():
-            login_failed('disconnected before session start: %s' % reason)
-        elif not state['quitting']:
-            die(EXIT_LOGIN_FAILED, 'disconnected unexpectedly: %s' % reason)
-
-    def on_failed_auth(failure: Any) -> None:
-        state['failure'] = '%s %s' % (failure['condition'], failure['text'])
-
-    xmpp.add_event_handler('failed_auth', on_failed_auth)
-    xmpp.add_event_handler('failed_all_auth',
-                           lambda _e: login_failed('authentication failed: %s' % state['failure']))
-    xmpp.add_event_handler('ssl_invalid_chain', lambda e: login_failed('certificate not trusted: %s' % e))
-    xmpp.add_event_handler('connection_failed', lambda e: login_failed('connection failed: %s' % e))
-    xmpp.add_event_handler('disconnected', on_disconnected)
-    xmpp.add_event_handler('session_start', on_session_start)
     xmpp.add_event_handler('groupchat_presence', lambda p: emit('presence', presence_info(p)))
     xmpp.add_event_handler('groupchat_message', lambda m: emit('groupchat', message_info(m)))
 
     connect_starttls(xmpp, args)
-    if not await await_login(ready, gone):
+    if not await login.wait():
         return EXIT_LOGIN_FAILED
 
     emit('ready', {'jid': str(xmpp.boundjid), 'mechanism': xmpp['feature_mechanisms'].mech.name, 'tls': None})
@@ -227,7 +197,7 @@ async def run() -> int:
         else:
             log('unknown command %r' % name)
 
-    state['quitting'] = True
+    login.quitting = True
     return await close_stream(xmpp)
 
 

@@ -16,7 +16,7 @@ Example:
 import asyncio
 from typing import Any
 
-from interop_common import (EXIT_LOGIN_FAILED, await_login, close_stream, connect_starttls, die,
+from interop_common import (EXIT_LOGIN_FAILED, SlixmppLogin, close_stream, connect_starttls,
                             emit, iq_error_text, log, read_commands, require, run_main,
                             slixmpp_client, start_asyncio)
 
@@ -34,35 +34,8 @@ async def run() -> int:
     xmpp.register_plugin('xep_0030')
     xmpp.register_plugin('xep_0199')
 
-    ready: asyncio.Future[None] = loop.create_future()
+    login = SlixmppLogin(xmpp, loop)
     commands: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    state: dict[str, Any] = {'mechanism': None, 'failure': None, 'quitting': False}
-
-    gone = asyncio.Event()
-
-    def login_failed(reason: str) -> None:
-        state['quitting'] = True
-        if not ready.done():
-            ready.set_exception(RuntimeError(reason))
-
-    def on_auth_success(_stanza: Any) -> None:
-        state['mechanism'] = xmpp['feature_mechanisms'].mech.name
-
-    def on_failed_auth(failure: Any) -> None:
-        state['failure'] = '%s %s' % (failure['condition'], failure['text'])
-        log('SASL failure: %s' % state['failure'])
-
-    def on_session_start(_event: Any) -> None:
-        xmpp.send_presence()
-        if not ready.done():
-            ready.set_result(None)
-
-    def on_disconnected(reason: Any) -> None:
-        gone.set()
-        if not ready.done():
-            login_failed('disconnected before session start: %s' % reason)
-        elif not state['quitting']:
-            die(EXIT_LOGIN_FAILED, 'disconnected unexpectedly: %s' % reason)
 
     def on_message(msg: Any) -> None:
         emit('message', {
@@ -73,24 +46,14 @@ async def run() -> int:
             'body': msg['body'],
         })
 
-    xmpp.add_event_handler('auth_success', on_auth_success)
-    xmpp.add_event_handler('failed_auth', on_failed_auth)
-    xmpp.add_event_handler('failed_all_auth',
-                           lambda _e: login_failed('authentication failed: %s' % state['failure']))
-    xmpp.add_event_handler('no_auth', lambda _e: login_failed('no usable SASL mechanism offered'))
-    xmpp.add_event_handler('ssl_invalid_chain', lambda e: login_failed('certificate not trusted: %s' % e))
-    xmpp.add_event_handler('connection_failed', lambda e: login_failed('connection failed: %s' % e))
-    xmpp.add_event_handler('stream_error', lambda e: log('stream error: %s' % e))
-    xmpp.add_event_handler('disconnected', on_disconnected)
-    xmpp.add_event_handler('session_start', on_session_start)
     xmpp.add_event_handler('message', on_message)
 
     connect_starttls(xmpp, args)
-    if not await await_login(ready, gone):
+    if not await login.wait():
         return EXIT_LOGIN_FAILED
 
     tls = xmpp.socket.version() if xmpp.socket is not None and hasattr(xmpp.socket, 'version') else None
-    emit('ready', {'jid': str(xmpp.boundjid), 'mechanism': state['mechanism'], 'tls': tls})
+    emit('ready', {'jid': str(xmpp.boundjid), 'mechanism': login.mechanism, 'tls': tls})
 
     await read_commands(loop, commands)
 
@@ -128,7 +91,7 @@ async def run() -> int:
             log('unknown command %r' % name)
 
     # Close the stream politely and wait (briefly) for the server's </stream>.
-    state['quitting'] = True
+    login.quitting = True
     return await close_stream(xmpp)
 
 
