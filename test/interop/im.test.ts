@@ -15,11 +15,11 @@ import { expect } from 'chai';
 import { startTestServer, type TestServer } from '../helpers/server.ts';
 import {
   GIO_TLS_CHECK,
+  InteropScript,
   interopUnavailable,
-  pythonProblem,
-  pythonScript,
-  ResultProcess,
   type Json,
+  pythonProblem,
+  ResultProcess,
 } from './script-process.ts';
 
 /** Login: TLS, SCRAM with 4096 iterations, bind, initial presence. */
@@ -42,17 +42,12 @@ function missingLibraries(): string | null {
 // ---------------------------------------------------------------------------
 // A script as a child process, collecting its RESULT lines.
 
-class Client extends ResultProcess {
-  constructor(
-    label: string,
-    readonly jid: string,
-    script: string,
-    args: string[],
-    password: string,
-  ) {
-    super({
-      label,
-      ...pythonScript(script, ['--jid', jid, ...args, '--timeout', '100'], password),
+class Client extends InteropScript {
+  constructor(label: string, jid: string, script: string, args: string[], password: string) {
+    super(label, jid, script, args, password, {
+      timeoutSeconds: 100,
+      loginMs: LOGIN_MS,
+      stepMs: STEP_MS,
       hardTimeoutMs: 110_000,
       transcriptChars: 8_000,
     });
@@ -60,16 +55,6 @@ class Client extends ResultProcess {
 
   get bare(): string {
     return this.jid.split('/')[0]!;
-  }
-
-  /** Waits for the next untaken `RESULT key=` line (of one of the keys) that satisfies `match`, and takes it. */
-  waitFor(
-    key: string | string[],
-    what: string,
-    match: (v: Json) => boolean = () => true,
-    timeoutMs = STEP_MS,
-  ): Promise<Json> {
-    return this.take(key, what, match, timeoutMs);
   }
 
   /** Takes every untaken result of `key` that satisfies `match`. */
@@ -86,19 +71,6 @@ class Client extends ResultProcess {
       `${this.label}: ${JSON.stringify(cmd)} failed: ${JSON.stringify(answer)}${this.transcript()}`,
     ).to.equal(true);
     return answer;
-  }
-
-  async ready(): Promise<void> {
-    const ready = await this.waitFor('ready', 'login', () => true, LOGIN_MS);
-    expect(ready.jid, `bound JID${this.transcript()}`).to.equal(this.jid);
-  }
-
-  /** Logs out with </stream:stream> and checks the script saw the stream end cleanly. */
-  async logout(): Promise<void> {
-    this.sendQuit();
-    await this.waitFor('closed', 'a clean logout');
-    await this.exit();
-    expect(this.exitCode, `${this.label} exit code${this.transcript()}`).to.equal(0);
   }
 
   override exit(timeoutMs = STEP_MS): Promise<number | null> {

@@ -16,11 +16,11 @@ import { startTestServer, type TestServer } from '../helpers/server.ts';
 import { escapeXml, XmppClient } from '../helpers/xmpp-client.ts';
 import {
   GIO_TLS_CHECK,
+  InteropScript,
   interopUnavailable,
-  pythonProblem,
-  pythonScript,
-  ResultProcess,
   type Json,
+  pythonProblem,
+  ResultProcess,
 } from './script-process.ts';
 
 const LOGIN_MS = 20_000;
@@ -43,42 +43,15 @@ const bodyOf = (i: number) => `#${i} of ${TOTAL}: Grüße <b>&amp; “quotes”<
 // ---------------------------------------------------------------------------
 // A script as a child process; its RESULT lines are kept until taken.
 
-class Script extends ResultProcess {
-  constructor(
-    label: string,
-    readonly jid: string,
-    script: string,
-    args: string[],
-    password: string,
-  ) {
-    super({
-      label,
-      ...pythonScript(script, ['--jid', jid, ...args, '--timeout', '150'], password),
+class Script extends InteropScript {
+  constructor(label: string, jid: string, script: string, args: string[], password: string) {
+    super(label, jid, script, args, password, {
+      timeoutSeconds: 150,
+      loginMs: LOGIN_MS,
+      stepMs: STEP_MS,
       transcriptChars: 6_000,
       strictJson: true,
     });
-  }
-
-  /** Takes the next untaken `RESULT key=` line that satisfies `match`, waiting for it. */
-  waitFor(
-    key: string,
-    what: string,
-    match: (v: Json) => boolean = () => true,
-    timeoutMs = STEP_MS,
-  ): Promise<Json> {
-    return this.take(key, what, match, timeoutMs);
-  }
-
-  async ready(): Promise<void> {
-    const ready = await this.waitFor('ready', 'login', () => true, LOGIN_MS);
-    expect(ready.jid, `bound JID${this.transcript()}`).to.equal(this.jid);
-  }
-
-  async logout(): Promise<void> {
-    this.sendQuit();
-    await this.waitFor('closed', 'a clean logout');
-    await this.done;
-    expect(this.exitCode, `${this.label} exit code${this.transcript()}`).to.equal(0);
   }
 }
 

@@ -17,11 +17,11 @@ import { expect } from 'chai';
 import { startTestServer, type TestServer } from '../helpers/server.ts';
 import {
   GIO_TLS_CHECK,
+  InteropScript,
   interopUnavailable,
-  pythonProblem,
-  pythonScript,
-  ResultProcess,
   type Json,
+  pythonProblem,
+  ResultProcess,
 } from './script-process.ts';
 
 const LOGIN_MS = 20_000;
@@ -40,24 +40,15 @@ function missingLibraries(): string | null {
   return `install the Debian packages python3-slixmpp python3-nbxmpp glib-networking (${problem})`;
 }
 
-class Script extends ResultProcess {
-  constructor(
-    label: string,
-    readonly jid: string,
-    script: string,
-    args: string[],
-    password: string,
-  ) {
-    super({
-      label,
-      ...pythonScript(script, ['--jid', jid, ...args, '--timeout', '100'], password),
+class Script extends InteropScript {
+  constructor(label: string, jid: string, script: string, args: string[], password: string) {
+    super(label, jid, script, args, password, {
+      timeoutSeconds: 100,
+      loginMs: LOGIN_MS,
+      stepMs: STEP_MS,
       transcriptChars: 6_000,
       strictJson: true,
     });
-  }
-
-  waitFor(key: string, what: string, match: (v: Json) => boolean = () => true, timeoutMs = STEP_MS) {
-    return this.take(key, what, match, timeoutMs);
   }
 
   /** Sends a command and waits for its RESULT line. */
@@ -66,18 +57,6 @@ class Script extends ResultProcess {
     const got = await this.waitFor(key, what);
     expect(got.ok, `${what} failed: ${JSON.stringify(got)}${this.transcript()}`).to.equal(true);
     return got;
-  }
-
-  async ready(): Promise<void> {
-    const ready = await this.waitFor('ready', 'login', () => true, LOGIN_MS);
-    expect(ready.jid, `bound JID${this.transcript()}`).to.equal(this.jid);
-  }
-
-  async logout(): Promise<void> {
-    this.sendQuit();
-    await this.waitFor('closed', 'a clean logout');
-    await this.done;
-    expect(this.exitCode, `${this.label} exit code${this.transcript()}`).to.equal(0);
   }
 }
 

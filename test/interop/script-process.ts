@@ -3,6 +3,7 @@
 // stdout and, for the scripts, reads JSON commands on stdin (see
 // interop_common.py). Shared by interop.test.ts, im.test.ts, mam.test.ts and
 // smacks.test.ts.
+import { expect } from 'chai';
 import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -227,6 +228,69 @@ export class ResultProcess {
 
   kill(): void {
     if (!this.exited) this.child.kill('SIGKILL');
+  }
+}
+
+export interface InteropScriptOptions extends Pick<
+  ResultProcessOptions,
+  'hardTimeoutMs' | 'transcriptChars' | 'strictJson'
+> {
+  /** The script's own watchdog (--timeout), in seconds. */
+  timeoutSeconds: number;
+  /** How long a login may take. */
+  loginMs: number;
+  /** How long any other step may take. */
+  stepMs: number;
+}
+
+/**
+ * One interop script logged in as `jid`, speaking the line protocol of
+ * interop_common.py: RESULT lines to wait for, `ready` after login, `closed`
+ * after a clean logout.
+ */
+export class InteropScript extends ResultProcess {
+  private readonly loginMs: number;
+  protected readonly stepMs: number;
+
+  constructor(
+    label: string,
+    readonly jid: string,
+    script: string,
+    args: string[],
+    password: string,
+    opts: InteropScriptOptions,
+  ) {
+    const { timeoutSeconds, loginMs, stepMs, ...processOptions } = opts;
+    super({
+      label,
+      ...pythonScript(script, ['--jid', jid, ...args, '--timeout', String(timeoutSeconds)], password),
+      ...processOptions,
+    });
+    this.loginMs = loginMs;
+    this.stepMs = stepMs;
+  }
+
+  /** Takes the next untaken `RESULT key=` line (of one of the keys) that satisfies `match`, waiting for it. */
+  waitFor(
+    key: string | string[],
+    what: string,
+    match: (v: Json) => boolean = () => true,
+    timeoutMs = this.stepMs,
+  ): Promise<Json> {
+    return this.take(key, what, match, timeoutMs);
+  }
+
+  async ready(): Promise<void> {
+    const ready = await this.waitFor('ready', 'login', () => true, this.loginMs);
+    expect(ready.jid, `bound JID${this.transcript()}`).to.equal(this.jid);
+  }
+
+  /** Logs out with </stream:stream> and checks the script saw the stream end cleanly. */
+  async logout(): Promise<void> {
+    this.sendQuit();
+    await this.waitFor('closed', 'a clean logout');
+    await this.exit(this.stepMs);
+    expect(this.exitCode, `${this.label} exit code${this.transcript()}`).to.equal(0);
   }
 }
 
