@@ -119,15 +119,7 @@ class NbxmppMuc(NbxmppScript):
 
     # ---- commands: one at a time, in order -------------------------------
 
-    def next_command(self) -> None:
-        if self.busy or not self.commands or self.quitting:
-            return
-        command = self.commands.pop(0)
-        name = command['cmd']
-        if name == 'quit':
-            self.quitting = True
-            self.client.disconnect()
-            return
+    def run_command(self, name: str, command: dict[str, Any]) -> None:
         if name == 'roominfo':
             self.busy = True
             self.client.get_module('Discovery').disco_info(

@@ -51,15 +51,7 @@ class NbxmppInterop(NbxmppScript):
 
     # ---- commands: one at a time, in order -------------------------------
 
-    def next_command(self) -> None:
-        if self.busy or not self.commands or self.quitting:
-            return
-        command = self.commands.pop(0)
-        name = command['cmd']
-        if name == 'quit':
-            self.quitting = True
-            self.client.disconnect()
-            return
+    def run_command(self, name: str, command: dict[str, Any]) -> None:
         if name == 'disco':
             self.busy = True
             jid = command.get('jid', self.domain)

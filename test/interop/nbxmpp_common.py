@@ -108,8 +108,20 @@ class NbxmppScript:
     def on_message(self, _client: Any, stanza: Any, properties: Any) -> None:
         raise NotImplementedError
 
-    def next_command(self) -> None:
+    def run_command(self, name: str, command: dict[str, Any]) -> None:
+        """Starts one command (not quit); sets `busy` while it waits for an answer."""
         raise NotImplementedError
+
+    def next_command(self) -> None:
+        """Starts the next queued command unless one is running; quit ends the stream."""
+        if self.busy or not self.commands or self.quitting:
+            return
+        command = self.commands.pop(0)
+        if command['cmd'] == 'quit':
+            self.quitting = True
+            self.client.disconnect()
+            return
+        self.run_command(command['cmd'], command)
 
     # ---- commands: one at a time, in order -------------------------------
 
