@@ -652,27 +652,37 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
   }
 
   sendStanza(node: string, fullJid: string, sessionId: string, stanza: Element): void {
-    this.counters.sentToNodes++;
     const xml = stanza.toString();
-    this.publish(node, { k: 's', to: fullJid, sid: sessionId, x: xml, ts: Date.now() }).then(
+    this.publishStanza(node, { k: 's', to: fullJid, sid: sessionId, x: xml, ts: Date.now() });
+  }
+
+  /**
+   * Publishes a stanza for `node`. When nobody listens on that node's
+   * channel, it is gone even if its heartbeat has not expired yet: the
+   * stanza is routed again here, as for a session that vanished.
+   */
+  private publishStanza(node: string, message: BusMessage & { x: string }): void {
+    this.counters.sentToNodes++;
+    this.publish(node, message).then(
       (receivers) => {
-        // Nobody listens on that node's channel: it is gone even if its
-        // heartbeat has not expired yet. Treat the session as vanished.
-        if (receivers === 0) this.nodeUnreachable(node, xml);
+        if (receivers === 0) this.nodeUnreachable(node, message.x);
       },
       (err: unknown) => {
         this.log.warn({ err, node }, 'could not publish to a node');
-        this.nodeUnreachable(node, xml);
+        this.nodeUnreachable(node, message.x);
       },
     );
   }
 
+  private dropLiveNode(node: string): void {
+    if (node === this.nodeId || !this.liveNodes.has(node)) return;
+    const live = new Set(this.liveNodes);
+    live.delete(node);
+    this.setLiveNodes(live);
+  }
+
   private nodeUnreachable(node: string, xml: string): void {
-    if (this.liveNodes.has(node) && node !== this.nodeId) {
-      const live = new Set(this.liveNodes);
-      live.delete(node);
-      this.setLiveNodes(live);
-    }
+    this.dropLiveNode(node);
     this.counters.rerouted++;
     this.handlers?.reroute(parse(xml) as Element);
   }
@@ -703,20 +713,7 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
 
   /** Sends a stanza to `node` to be routed there. */
   forward(node: string, stanza: Element): void {
-    this.counters.sentToNodes++;
-    const xml = stanza.toString();
-    this.publish(node, { k: 'r', x: xml, ts: Date.now() }).then(
-      (receivers) => {
-        if (receivers === 0) {
-          // Handled here after all: better than losing it.
-          this.nodeUnreachable(node, xml);
-        }
-      },
-      (err: unknown) => {
-        this.log.warn({ err, node }, 'could not forward a stanza');
-        this.nodeUnreachable(node, xml);
-      },
-    );
+    this.publishStanza(node, { k: 'r', x: stanza.toString(), ts: Date.now() });
   }
 
   /** Tells every other node; modules use it to drop caches of shared data. */
@@ -825,11 +822,7 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
         if (message.from !== this.nodeId) this.heardFrom(message.from);
         return;
       case 'x':
-        if (message.from !== this.nodeId && this.liveNodes.has(message.from)) {
-          const live = new Set(this.liveNodes);
-          live.delete(message.from);
-          this.setLiveNodes(live);
-        }
+        this.dropLiveNode(message.from);
         return;
       case 'b':
         if (message.from !== this.nodeId)
