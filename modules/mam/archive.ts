@@ -22,12 +22,22 @@
 // Only MAX_UNCOMMITTED writes may be outstanding: beyond that, messages wait
 // for their writes again, so a storage that cannot keep up slows senders
 // down instead of filling memory.
+//
+// A message between two users of this server is written once for both
+// archives (ArchiveStore.appendShared): the sender's entry waits, until the
+// current burst of synchronous work ends (process.nextTick), for the
+// recipient's side to join it, and goes alone if it does not (a remote or
+// offline recipient, a blocked message, a step that went async). The value
+// serialized for the sender is reused for the recipient when the message
+// still has the same child elements; the built-in modules change nothing
+// else in between.
 import type { Element } from 'ltx';
 import type { Jid } from '../../src/jid.ts';
 import type { ModuleContext } from '../../src/modules/api.ts';
 import type { StanzaEvent } from '../../src/router/events.ts';
+import { after } from '../../src/events.ts';
 import { randomBytes } from 'node:crypto';
-import type { ArchiveStore } from '../../src/storage/types.ts';
+import type { ArchiveEntry, ArchiveStore } from '../../src/storage/types.ts';
 import { addStanzaId, bodyText, isArchivable, removeChild, stripStanzaIds } from './stanza-id.ts';
 
 export const ARCHIVE_PRIORITY = 50;
@@ -57,98 +67,219 @@ export const MAX_UNCOMMITTED = 5000;
 
 export interface ArchivingDeps {
   archive: ArchiveStore<string>;
-  /** Whether `user`'s preferences let messages with `contact` into the archive. */
-  wanted(user: string, contact: Jid): Promise<boolean>;
+  /**
+   * Whether `user`'s preferences let messages with `contact` into the
+   * archive: a plain boolean when the answer is at hand (cached preferences),
+   * so that the common case routes a message without going async.
+   */
+  wanted(user: string, contact: Jid): boolean | Promise<boolean>;
   /** Hold each message until its archive write has committed. */
   waitForArchive?: boolean;
+}
+
+/** The sender's archive entry of a message, waiting for the recipient's to share its write. */
+interface SenderEntry {
+  entry: ArchiveEntry;
+  value: string;
+  text: string | undefined;
+  /** The message's children when it was serialized, to tell whether `value` still fits it. */
+  children: (Element | string)[];
+  /** The sender's <stanza-id/>, on the message only while carbons copies it. */
+  stamp: Element | null;
+  /** Written already: with the recipient's entry, or alone. */
+  written: boolean;
 }
 
 export function installArchiving<O>(ctx: ModuleContext<O>, deps: ArchivingDeps): void {
   const { archive, wanted } = deps;
   const waitForArchive = deps.waitForArchive === true;
   let uncommitted = 0;
-  /** Messages whose sender-side stanza-id is attached for carbons, to be removed again. */
-  const stamped = new WeakMap<Element, Element>();
+  /** Outgoing messages archived for their sender, by message. */
+  const senders = new WeakMap<Element, SenderEntry>();
+  /** Sender entries to write alone if no recipient entry joins them in this tick. */
+  let unpaired: SenderEntry[] = [];
   /** Incoming messages already archived (message/full hands unclaimed ones on to message/bare). */
   const seen = new WeakSet<Element>();
 
-  async function store(user: string, contact: Jid, stanza: Element): Promise<string | null> {
+  const committed = () => {
+    uncommitted--;
+  };
+  const failed = (err: unknown, entries: ArchiveEntry[]): null => {
+    ctx.log.error({ err, entries }, 'could not archive a message');
+    return null;
+  };
+
+  /** Starts a write; null if the store threw at once. */
+  function write(entries: ArchiveEntry[], value: string, text: string | undefined): Promise<void> | null {
     try {
-      if (!(await wanted(user, contact))) return null;
-      const id = newArchiveId();
-      const written = archive.append(user, {
-        id,
-        fresh: true,
-        with: contact.toString(),
-        value: stanza.toString(),
-        text: bodyText(stanza),
-      });
-      if (waitForArchive || uncommitted >= MAX_UNCOMMITTED) {
-        await written;
-        return id;
-      }
-      uncommitted++;
-      written.then(
-        () => {
-          uncommitted--;
-        },
-        (err: unknown) => {
-          uncommitted--;
-          ctx.log.error({ err, user, id }, 'could not archive a message');
-        },
-      );
-      return id;
+      return archive.appendShared(entries, text === undefined ? { value } : { value, text });
     } catch (err) {
-      // Delivery matters more than the archive: the message goes on without an id.
-      ctx.log.error({ err, user }, 'could not archive a message');
-      return null;
+      return failed(err, entries);
     }
+  }
+
+  /** Writes without holding the message; failures are logged. */
+  function writeBehind(entries: ArchiveEntry[], value: string, text: string | undefined): void {
+    const written = write(entries, value, text);
+    if (written === null) return;
+    uncommitted++;
+    written.then(committed, (err: unknown) => {
+      committed();
+      failed(err, entries);
+    });
+  }
+
+  function writeUnpaired(): void {
+    const list = unpaired;
+    unpaired = [];
+    for (const s of list) {
+      if (s.written) continue;
+      s.written = true;
+      writeBehind([s.entry], s.value, s.text);
+    }
+  }
+
+  /** Whether the message must wait for its write to commit. */
+  const mustWait = () => waitForArchive || uncommitted >= MAX_UNCOMMITTED;
+
+  /** Writes and waits for the commit; the id, or null when the write failed. */
+  function writeAndWait(entry: ArchiveEntry, stanza: Element): Promise<string | null> | null {
+    const written = write([entry], stanza.toString(), bodyText(stanza));
+    return (
+      written?.then(
+        () => entry.id,
+        (err: unknown) => failed(err, [entry]),
+      ) ?? null
+    );
+  }
+
+  /** Archives an outgoing message for its sender and stamps it with the sender's stanza-id; that id, if archived. */
+  function archiveOutgoing(
+    stanza: Element,
+    user: string,
+    contact: Jid,
+    by: string,
+  ): string | null | Promise<string | null> {
+    const entry: ArchiveEntry = { user, id: newArchiveId(), with: contact.toString() };
+    if (mustWait()) {
+      return (
+        writeAndWait(entry, stanza)?.then((id) => {
+          if (id === null) return null;
+          const stamp = addStanzaId(stanza, id, by);
+          senders.set(stanza, { entry, value: '', text: undefined, children: [], stamp, written: true });
+          return id;
+        }) ?? null
+      );
+    }
+    const sender: SenderEntry = {
+      entry,
+      value: stanza.toString(),
+      text: bodyText(stanza),
+      children: stanza.children.slice(),
+      stamp: null,
+      written: false,
+    };
+    senders.set(stanza, sender);
+    if (unpaired.length === 0) process.nextTick(writeUnpaired);
+    unpaired.push(sender);
+    // Carbons' <sent/> copies carry the sender's id; taken off again at UNSTAMP_PRIORITY.
+    sender.stamp = addStanzaId(stanza, entry.id, by);
+    return entry.id;
+  }
+
+  /** Archives an incoming message for its recipient, together with the sender's entry when it waits. */
+  function archiveIncoming(
+    stanza: Element,
+    user: string,
+    contact: Jid,
+  ): string | null | Promise<string | null> {
+    const entry: ArchiveEntry = { user, id: newArchiveId(), with: contact.toString() };
+    if (mustWait()) return writeAndWait(entry, stanza);
+    const sender = senders.get(stanza);
+    if (sender !== undefined && !sender.written && sameChildren(sender.children, stanza.children)) {
+      sender.written = true;
+      writeBehind([sender.entry, entry], sender.value, sender.text);
+    } else {
+      writeBehind([entry], stanza.toString(), bodyText(stanza));
+    }
+    return entry.id;
+  }
+
+  /** Asks the preferences, then archives: synchronously when they are at hand. */
+  function ifWanted(
+    user: string,
+    contact: Jid,
+    archiveIt: () => string | null | Promise<string | null>,
+  ): string | null | Promise<string | null> {
+    let want: boolean | Promise<boolean>;
+    try {
+      want = wanted(user, contact);
+    } catch (err) {
+      return failed(err, []);
+    }
+    if (want instanceof Promise) {
+      return want.then(
+        (yes) => (yes ? archiveIt() : null),
+        (err: unknown) => failed(err, []),
+      );
+    }
+    return want ? archiveIt() : null;
   }
 
   const outgoing = (ev: StanzaEvent) => {
     const { stanza, origin, from, to } = ev;
     if (!origin || stanza.name !== 'message') return false;
     const user = from.bare.toString();
-    stripStanzaIds(stanza, new Set([user, to.bare.toString()]));
+    stripStanzaIds(stanza, user, to.bare.toString());
     // A message to one's own account is archived once, on arrival.
     if (to.bare.equals(from.bare) || !isArchivable(stanza)) return false;
-    return store(from.local, to, stanza).then((id) => {
-      if (id !== null) stamped.set(stanza, addStanzaId(stanza, id, user));
-      return false;
-    });
+    return after(
+      ifWanted(from.local, to, () => archiveOutgoing(stanza, from.local, to, user)),
+      () => false,
+    );
   };
 
   const unstamp = ({ stanza }: StanzaEvent) => {
-    const el = stamped.get(stanza);
-    if (el) {
-      removeChild(stanza, el);
-      stamped.delete(stanza);
+    const sender = senders.get(stanza);
+    if (sender?.stamp) {
+      removeChild(stanza, sender.stamp);
+      sender.stamp = null;
     }
     return false;
   };
 
   const incoming = (ev: StanzaEvent) => {
-    const { stanza, from, to } = ev;
+    const { stanza, to } = ev;
     if (!to.local || seen.has(stanza)) return false;
     seen.add(stanza);
     const user = to.bare.toString();
-    stripStanzaIds(stanza, new Set([user]));
+    stripStanzaIds(stanza, user);
     if (!isArchivable(stanza)) return false;
-    const archiveIt = async (exists: boolean) => {
-      if (!exists) return false; // the core bounces it
-      const id = await store(to.local, from, stanza);
-      if (id !== null) addStanzaId(stanza, id, user);
-      return false;
-    };
     // A user with a session here exists: that spares a storage read per message.
     const here = ctx.sessions.resources(user);
-    if (!(here instanceof Promise) && here.length > 0) return archiveIt(true);
-    return ctx.accounts.exists(to.local).then(archiveIt);
+    if (!(here instanceof Promise) && here.length > 0) return stampIncoming(ev, user);
+    return ctx.accounts.exists(to.local).then((exists) => (exists ? stampIncoming(ev, user) : false));
   };
+
+  function stampIncoming({ stanza, from, to }: StanzaEvent, user: string): false | Promise<false> {
+    return after(
+      ifWanted(to.local, from, () => archiveIncoming(stanza, to.local, from)),
+      (id) => {
+        if (id !== null) addStanzaId(stanza, id, user);
+        return false as const;
+      },
+    );
+  }
 
   for (const kind of ['bare', 'full'] as const) {
     ctx.hook(`pre-message/${kind}`, outgoing, ARCHIVE_PRIORITY);
     ctx.hook(`pre-message/${kind}`, unstamp, UNSTAMP_PRIORITY);
     ctx.hook(`message/${kind}`, incoming, ARCHIVE_PRIORITY);
   }
+}
+
+function sameChildren(a: (Element | string)[], b: (Element | string)[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }

@@ -112,9 +112,7 @@ export default defineModule({
     ctx.cluster.onBroadcast((user) => {
       if (typeof user === 'string') prefsCache.delete(user);
     });
-    async function prefsOf(user: string): Promise<Prefs> {
-      const cached = prefsCache.get(user);
-      if (cached) return cached;
+    async function loadPrefs(user: string): Promise<Prefs> {
       const prefs = prefsFromJson(await prefsStore.get(user)) ?? defaults;
       // A set that finished while we read has put the newer value in already.
       if (prefsCache.has(user)) return prefsCache.get(user)!;
@@ -122,11 +120,21 @@ export default defineModule({
       prefsCache.set(user, prefs);
       return prefs;
     }
+    /** The user's preferences: from the cache without going async when they are there. */
+    function prefsOf(user: string): Prefs | Promise<Prefs> {
+      return prefsCache.get(user) ?? loadPrefs(user);
+    }
 
-    async function wanted(user: string, contact: Jid): Promise<boolean> {
-      const policy = policyFor(await prefsOf(user), contact);
-      if (policy === 'roster') return (await roster.item(user, contact.bareString())) !== null;
+    function wantedBy(user: string, contact: Jid, prefs: Prefs): boolean | Promise<boolean> {
+      const policy = policyFor(prefs, contact);
+      if (policy === 'roster') return roster.item(user, contact.bareString()).then((item) => item !== null);
       return policy === 'always';
+    }
+    function wanted(user: string, contact: Jid): boolean | Promise<boolean> {
+      const prefs = prefsOf(user);
+      return prefs instanceof Promise
+        ? prefs.then((p) => wantedBy(user, contact, p))
+        : wantedBy(user, contact, prefs);
     }
 
     installArchiving(ctx, { archive, wanted, waitForArchive: opts.wait_for_archive });

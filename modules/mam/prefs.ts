@@ -73,10 +73,15 @@ export function prefsFromJson(value: JsonValue | null): Prefs | null {
  * else the default policy (which the caller resolves when it is 'roster').
  */
 export function policyFor(prefs: Prefs, contact: Jid): Policy {
+  // Most users list nobody: no JID strings are made for them.
+  if (prefs.never.length === 0 && prefs.always.length === 0) return prefs.default;
   const full = contact.toString();
   const bare = contact.bareString();
-  const listed = (list: string[]) => list.includes(full) || list.includes(bare);
-  if (listed(prefs.never)) return 'never';
-  if (listed(prefs.always)) return 'always';
+  if (listed(prefs.never, full, bare)) return 'never';
+  if (listed(prefs.always, full, bare)) return 'always';
   return prefs.default;
+}
+
+function listed(list: string[], full: string, bare: string): boolean {
+  return list.includes(full) || list.includes(bare);
 }

@@ -49,15 +49,24 @@ export function bodyText(message: Element): string | undefined {
   return text ? text : undefined;
 }
 
-/** Removes every <stanza-id/> that claims to come from one of `by` (only the server may add those). */
-export function stripStanzaIds(message: Element, by: ReadonlySet<string>): number {
+/**
+ * Removes every <stanza-id/> that claims to come from one of `by` (only the
+ * server may add those). Most messages carry none: they are left untouched.
+ */
+export function stripStanzaIds(message: Element, ...by: string[]): number {
+  if (!message.children.some((child) => isForgedId(child, by))) return 0;
   const before = message.children.length;
-  message.children = message.children.filter(
-    (child) =>
-      typeof child === 'string' ||
-      !(child.name === 'stanza-id' && child.getNS() === NS_SID && by.has(normalize(child.attrs.by))),
-  );
+  message.children = message.children.filter((child) => !isForgedId(child, by));
   return before - message.children.length;
+}
+
+function isForgedId(child: Element | string, by: string[]): boolean {
+  return (
+    typeof child !== 'string' &&
+    child.name === 'stanza-id' &&
+    child.getNS() === NS_SID &&
+    by.includes(normalize(child.attrs.by))
+  );
 }
 
 function normalize(by: unknown): string {

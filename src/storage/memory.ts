@@ -9,7 +9,10 @@ import {
   checkLimit,
   generateArchiveId,
   textTerms,
+  appendEach,
   type ArchiveAppend,
+  type ArchiveEntry,
+  type SharedAppend,
   type ArchiveCaps,
   type ArchiveDeleteQuery,
   type ArchiveItem,
@@ -219,6 +222,10 @@ export class MemoryDriver implements StorageDriver {
         ua.entries.splice(lowerBound(ua.entries, e, false), 0, e);
         ua.byId.set(id, e);
         return id;
+      },
+
+      appendShared(entries: ArchiveEntry[], item: SharedAppend<T>) {
+        return appendEach(this, entries, item);
       },
 
       async find(user, query: ArchiveQuery = {}): Promise<ArchiveResult<T>> {

@@ -26,7 +26,10 @@ import {
   checkLimit,
   generateArchiveId,
   textTerms,
+  appendEach,
   type ArchiveAppend,
+  type ArchiveEntry,
+  type SharedAppend,
   type ArchiveCaps,
   type ArchiveDeleteQuery,
   type ArchiveItem,
@@ -612,6 +615,10 @@ export class MongoDriver implements StorageDriver {
           },
           id,
         );
+      },
+
+      appendShared(entries: ArchiveEntry[], item: SharedAppend<T>) {
+        return appendEach(this, entries, item);
       },
 
       async find(user, query: ArchiveQuery = {}): Promise<ArchiveResult<T>> {

@@ -24,6 +24,19 @@ export type WriteOp =
       value: string;
       text: string | null;
     }
+  | {
+      /** One item in several archives: row i is users[i]'s, with ids[i] and withs[i]. */
+      k: 'appendShared';
+      host: string;
+      store: string;
+      users: string[];
+      ids: string[];
+      withs: string[];
+      bares: string[];
+      when: number;
+      value: string;
+      text: string | null;
+    }
   | { k: 'delete'; host: string; store: string; user: string; filter: Filter }
   | { k: 'purge'; host: string; store: string; before: number; limit: number };
 
@@ -124,6 +137,16 @@ export class BatchApplier {
         stmt(
           'INSERT INTO archive (oid, id, "when", "with", bare_with, value, text) VALUES (?, ?, ?, ?, ?, ?, ?)',
         ).run(oid, op.id, op.when, op.with, op.bare, op.value, op.text);
+        return null;
+      }
+      case 'appendShared': {
+        const insert = stmt(
+          'INSERT INTO archive (oid, id, "when", "with", bare_with, value, text) VALUES (?, ?, ?, ?, ?, ?, ?)',
+        );
+        for (let i = 0; i < op.users.length; i++) {
+          const oid = this.#owner(op.host, op.store, op.users[i]!);
+          insert.run(oid, op.ids[i]!, op.when, op.withs[i]!, op.bares[i]!, op.value, op.text);
+        }
         return null;
       }
       case 'delete': {

@@ -25,6 +25,8 @@ import {
   checkLimit,
   generateArchiveId,
   type ArchiveAppend,
+  type ArchiveEntry,
+  type SharedAppend,
   type ArchiveCaps,
   type ArchiveDeleteQuery,
   type ArchiveItem,
@@ -326,20 +328,30 @@ export class SqliteDriver implements StorageDriver {
     return s;
   }
 
-  /** Queues a write for the next batch; resolves once that batch has committed. */
-  #write(storeKey: string, userKey: string, op: WriteOp): Promise<number | null> {
+  /**
+   * Queues a write for the next batch; resolves once that batch has
+   * committed. `userKeys`: the scope(s) whose reads must see it.
+   */
+  #write(storeKey: string, userKeys: string | string[], op: WriteOp): Promise<number | null> {
     try {
       this.#check();
     } catch (err) {
       return Promise.reject(err);
     }
-    this.#pendingUsers.set(userKey, this.#queueNo);
+    if (typeof userKeys === 'string') {
+      this.#pendingUsers.set(userKeys, this.#queueNo);
+      this.#queueUsers.push(userKeys);
+    } else {
+      for (const u of userKeys) {
+        this.#pendingUsers.set(u, this.#queueNo);
+        this.#queueUsers.push(u);
+      }
+    }
     this.#pendingStores.set(storeKey, this.#queueNo);
+    this.#queueStores.push(storeKey);
     return new Promise<number | null>((resolve, reject) => {
       this.#queue.push(op);
       this.#queueCallbacks.push({ resolve, reject });
-      this.#queueUsers.push(userKey);
-      this.#queueStores.push(storeKey);
       this.#schedule();
     });
   }
@@ -404,7 +416,8 @@ export class SqliteDriver implements StorageDriver {
         else w.reject(error);
       }
       // What queued up meanwhile goes at once: batches grow with the load.
-      if (this.#queue.length > 0 || this.#queueTextWaiters.length > 0) this.#send();
+      if (this.#queueTextWaiters.length > 0 || this.#waiters.length > 0) this.#send();
+      else if (this.#queue.length > 0) this.#schedule();
       else this.#writer.busy(false);
     };
     this.#writer.send(ops, syncText).then(
@@ -665,12 +678,41 @@ export class SqliteDriver implements StorageDriver {
     const read = <R>(user: string | null, fn: () => R, text = false) =>
       this.#read(storeKey, userKeyOf(storeKey, user), fn, text);
     const write = (user: string | null, op: WriteOp) => this.#write(storeKey, userKeyOf(storeKey, user), op);
+    const writeShared = (users: string[], op: WriteOp) =>
+      this.#write(
+        storeKey,
+        users.map((u) => userKeyOf(storeKey, u)),
+        op,
+      ).then(() => undefined);
     const stmt = (sql: string) => this.#stmt(sql);
     const pageQuery = (user: string, query: ArchiveQuery) => this.#pageQuery(host, store, user, query);
     const caps: ArchiveCaps = { total: true, fullText: true, ids: true, before: true };
 
     return {
       caps,
+      appendShared(entries: ArchiveEntry[], item: SharedAppend<T>) {
+        if (entries.length === 0) return Promise.resolve();
+        const op: WriteOp = {
+          k: 'appendShared',
+          host,
+          store,
+          users: [],
+          ids: [],
+          withs: [],
+          bares: [],
+          when: item.when ?? Date.now(),
+          value: JSON.stringify(item.value),
+          text: item.text ?? null,
+        };
+        for (const e of entries) {
+          op.users.push(e.user);
+          op.ids.push(e.id);
+          op.withs.push(e.with);
+          op.bares.push(bareJid(e.with));
+        }
+        return writeShared(op.users, op);
+      },
+
       async append(user, item: ArchiveAppend<T>) {
         const id = item.id ?? generateArchiveId();
         await write(user, {

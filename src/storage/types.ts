@@ -94,6 +94,17 @@ export interface ArchiveAppend<T = JsonValue> {
   text?: string;
 }
 
+/** Where one item of appendShared goes: a user's archive, under its own id and `with`. */
+export interface ArchiveEntry {
+  user: string;
+  /** A fresh id (e.g. from generateArchiveId): new to this user's archive. */
+  id: string;
+  with: string;
+}
+
+/** The part of an item that appendShared stores once for every entry. */
+export type SharedAppend<T> = Pick<ArchiveAppend<T>, 'when' | 'value' | 'text'>;
+
 export interface ArchiveSummaryEntry {
   count: number;
   first: number;
@@ -104,6 +115,13 @@ export interface ArchiveStore<T = JsonValue> {
   caps: ArchiveCaps;
   /** Resolves to the item's id (generated when not given). */
   append(user: string, item: ArchiveAppend<T>): Promise<string>;
+  /**
+   * Appends one item to several archives at once, such as a message in the
+   * archives of its sender and its recipient, each entry with its own id and
+   * `with`. Ids must be fresh. Cheaper than one append per archive: one write
+   * to queue and one value to encode. Resolves once every entry is stored.
+   */
+  appendShared(entries: ArchiveEntry[], item: SharedAppend<T>): Promise<void>;
   /** Throws ItemNotFoundError when `before`/`after` names an id the user's archive lacks. */
   find(user: string, query?: ArchiveQuery): Promise<ArchiveResult<T>>;
   /** Deletes what matches (everything when no query); resolves to how many items went. */
@@ -177,4 +195,16 @@ export function checkLimit(limit: number | undefined): void {
   if (limit !== undefined && (!Number.isInteger(limit) || limit < 0)) {
     throw new RangeError(`archive limit must be a non-negative integer, got ${limit}`);
   }
+}
+
+/** appendShared for drivers that store each entry as an append of its own. */
+export async function appendEach<T>(
+  archive: Pick<ArchiveStore<T>, 'append'>,
+  entries: ArchiveEntry[],
+  item: SharedAppend<T>,
+): Promise<void> {
+  const when = item.when ?? Date.now();
+  await Promise.all(
+    entries.map((e) => archive.append(e.user, { ...item, id: e.id, fresh: true, with: e.with, when })),
+  );
 }

@@ -666,6 +666,41 @@ export function runStorageConformance(name: string, open: () => Promise<StorageD
         expect(ns((await archive.find('v', { ids: ['same'] })).items)).to.deep.equal([2]);
       });
 
+      it('appends one item to several archives, each entry under its own id and with', async function () {
+        await archive.appendShared(
+          [
+            { user: 'u', id: 'id-for-u', with: 'v@x' },
+            { user: 'v', id: 'id-for-v', with: 'u@x/phone' },
+          ],
+          { when: 5000, value: { n: 7 }, text: 'shared words' },
+        );
+        const u = (await archive.find('u')).items;
+        const v = (await archive.find('v')).items;
+        expect(u.map(({ id, when, with: w }) => [id, when, w])).to.deep.equal([['id-for-u', 5000, 'v@x']]);
+        expect(v.map(({ id, when, with: w }) => [id, when, w])).to.deep.equal([
+          ['id-for-v', 5000, 'u@x/phone'],
+        ]);
+        expect(ns(u)).to.deep.equal([7]);
+        expect(ns(v)).to.deep.equal([7]);
+        // Each archive finds it by its own id, its own `with` and the text, and
+        // deleting it from one leaves the other's copy.
+        expect(ns((await archive.find('u', { ids: ['id-for-u'] })).items)).to.deep.equal([7]);
+        expect((await archive.find('u', { ids: ['id-for-v'] })).items).to.deep.equal([]);
+        expect(ns((await archive.find('v', { with: 'u@x' })).items)).to.deep.equal([7]);
+        expect((await archive.find('v', { with: 'v@x' })).items).to.deep.equal([]);
+        if (archive.caps.fullText) {
+          expect(ns((await archive.find('v', { text: 'words' })).items)).to.deep.equal([7]);
+        }
+        expect(await archive.delete('u')).to.equal(1);
+        expect(await archive.count('u')).to.equal(0);
+        expect(ns((await archive.find('v')).items)).to.deep.equal([7]);
+        if (archive.caps.fullText) {
+          expect(ns((await archive.find('v', { text: 'shared' })).items)).to.deep.equal([7]);
+        }
+        await archive.appendShared([], { value: { n: 8 } });
+        expect(await archive.count('v')).to.equal(1);
+      });
+
       it('sees an un-awaited append from an immediate read', async function () {
         const pending = archive.append('u', { with: 'a@b', value: { n: 1 } });
         const r = await archive.find('u');
