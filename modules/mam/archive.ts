@@ -13,7 +13,7 @@
 // else sees the message. The sender's id is added to the message only while
 // carbons makes its <sent/> copies, and removed before the message leaves.
 //
-// The archive id is chosen here (newArchiveId), so a message need not
+// The archive id is chosen here (generateArchiveId), so a message need not
 // wait for its archive write to commit before it goes on: the write is
 // queued and the message routed at once (option wait_for_archive restores
 // waiting). Reads of the same driver see queued writes (a MAM query waits
@@ -36,32 +36,12 @@ import type { Jid } from '../../src/jid.ts';
 import type { ModuleContext } from '../../src/modules/api.ts';
 import type { StanzaEvent } from '../../src/router/events.ts';
 import { after } from '../../src/events.ts';
-import { randomBytes } from 'node:crypto';
-import type { ArchiveEntry, ArchiveStore } from '../../src/storage/types.ts';
+import { generateArchiveId, type ArchiveEntry, type ArchiveStore } from '../../src/storage/types.ts';
 import { addStanzaId, bodyText, isArchivable, removeChild, stripStanzaIds } from './stanza-id.ts';
 
 export const ARCHIVE_PRIORITY = 50;
 /** Below carbons' copying (-500), above the core's routing: the sender's stanza-id is taken off here. */
 const UNSTAMP_PRIORITY = -600;
-/** Ids made per refill of the random pool. */
-const ID_POOL = 256;
-let pool = Buffer.alloc(0);
-let poolAt = 0;
-
-/**
- * A fresh archive id, like generateArchiveId (16 URL-safe characters from 96
- * random bits) but cut from a pool of random bytes: one call into the
- * crypto module per ID_POOL ids rather than one per message.
- */
-export function newArchiveId(): string {
-  if (poolAt >= pool.length) {
-    pool = randomBytes(12 * ID_POOL);
-    poolAt = 0;
-  }
-  poolAt += 12;
-  return pool.toString('base64url', poolAt - 12, poolAt);
-}
-
 /** Archive writes that may be in progress while their messages go on. */
 export const MAX_UNCOMMITTED = 5000;
 
@@ -80,6 +60,8 @@ export interface ArchivingDeps {
 /** The sender's archive entry of a message, waiting for the recipient's to share its write. */
 interface SenderEntry {
   entry: ArchiveEntry;
+  /** The item's time, which its ids carry: the recipient's entry shares it. */
+  when: number;
   value: string;
   text: string | undefined;
   /** The message's children when it was serialized, to tell whether `value` still fits it. */
@@ -110,17 +92,22 @@ export function installArchiving<O>(ctx: ModuleContext<O>, deps: ArchivingDeps):
   };
 
   /** Starts a write; null if the store threw at once. */
-  function write(entries: ArchiveEntry[], value: string, text: string | undefined): Promise<void> | null {
+  function write(
+    entries: ArchiveEntry[],
+    when: number,
+    value: string,
+    text: string | undefined,
+  ): Promise<void> | null {
     try {
-      return archive.appendShared(entries, text === undefined ? { value } : { value, text });
+      return archive.appendShared(entries, text === undefined ? { when, value } : { when, value, text });
     } catch (err) {
       return failed(err, entries);
     }
   }
 
   /** Writes without holding the message; failures are logged. */
-  function writeBehind(entries: ArchiveEntry[], value: string, text: string | undefined): void {
-    const written = write(entries, value, text);
+  function writeBehind(entries: ArchiveEntry[], when: number, value: string, text: string | undefined): void {
+    const written = write(entries, when, value, text);
     if (written === null) return;
     uncommitted++;
     written.then(committed, (err: unknown) => {
@@ -135,7 +122,7 @@ export function installArchiving<O>(ctx: ModuleContext<O>, deps: ArchivingDeps):
     for (const s of list) {
       if (s.written) continue;
       s.written = true;
-      writeBehind([s.entry], s.value, s.text);
+      writeBehind([s.entry], s.when, s.value, s.text);
     }
   }
 
@@ -143,8 +130,8 @@ export function installArchiving<O>(ctx: ModuleContext<O>, deps: ArchivingDeps):
   const mustWait = () => waitForArchive || uncommitted >= MAX_UNCOMMITTED;
 
   /** Writes and waits for the commit; the id, or null when the write failed. */
-  function writeAndWait(entry: ArchiveEntry, stanza: Element): Promise<string | null> | null {
-    const written = write([entry], stanza.toString(), bodyText(stanza));
+  function writeAndWait(entry: ArchiveEntry, when: number, stanza: Element): Promise<string | null> | null {
+    const written = write([entry], when, stanza.toString(), bodyText(stanza));
     return (
       written?.then(
         () => entry.id,
@@ -160,19 +147,29 @@ export function installArchiving<O>(ctx: ModuleContext<O>, deps: ArchivingDeps):
     contact: Jid,
     by: string,
   ): string | null | Promise<string | null> {
-    const entry: ArchiveEntry = { user, id: newArchiveId(), with: contact.toString() };
+    const when = Date.now();
+    const entry: ArchiveEntry = { user, id: generateArchiveId(when), with: contact.toString() };
     if (mustWait()) {
       return (
-        writeAndWait(entry, stanza)?.then((id) => {
+        writeAndWait(entry, when, stanza)?.then((id) => {
           if (id === null) return null;
           const stamp = addStanzaId(stanza, id, by);
-          senders.set(stanza, { entry, value: '', text: undefined, children: [], stamp, written: true });
+          senders.set(stanza, {
+            entry,
+            when,
+            value: '',
+            text: undefined,
+            children: [],
+            stamp,
+            written: true,
+          });
           return id;
         }) ?? null
       );
     }
     const sender: SenderEntry = {
       entry,
+      when,
       value: stanza.toString(),
       text: bodyText(stanza),
       children: stanza.children.slice(),
@@ -193,14 +190,17 @@ export function installArchiving<O>(ctx: ModuleContext<O>, deps: ArchivingDeps):
     user: string,
     contact: Jid,
   ): string | null | Promise<string | null> {
-    const entry: ArchiveEntry = { user, id: newArchiveId(), with: contact.toString() };
-    if (mustWait()) return writeAndWait(entry, stanza);
     const sender = senders.get(stanza);
-    if (sender !== undefined && !sender.written && sameChildren(sender.children, stanza.children)) {
+    const paired = sender !== undefined && !sender.written && sameChildren(sender.children, stanza.children);
+    // Sharing the sender's item means sharing its time, which the ids carry.
+    const when = paired ? sender.when : Date.now();
+    const entry: ArchiveEntry = { user, id: generateArchiveId(when), with: contact.toString() };
+    if (mustWait()) return writeAndWait(entry, when, stanza);
+    if (paired) {
       sender.written = true;
-      writeBehind([sender.entry, entry], sender.value, sender.text);
+      writeBehind([sender.entry, entry], when, sender.value, sender.text);
     } else {
-      writeBehind([entry], stanza.toString(), bodyText(stanza));
+      writeBehind([entry], when, stanza.toString(), bodyText(stanza));
     }
     return entry.id;
   }

@@ -206,12 +206,13 @@ export class MemoryDriver implements StorageDriver {
       async append(user, item: ArchiveAppend<T>) {
         check();
         const ua = getOrCreate(users, user, () => ({ entries: [], byId: new Map<string, Entry>() }));
-        const id = item.id ?? generateArchiveId();
+        const when = item.when ?? Date.now();
+        const id = item.id ?? generateArchiveId(when);
         const old = ua.byId.get(id);
         if (old) ua.entries.splice(lowerBound(ua.entries, old, true), 1);
         const e: Entry = {
           id,
-          when: item.when ?? Date.now(),
+          when,
           with: item.with,
           bare: bareJid(item.with),
           value: toJson(item.value),

@@ -576,14 +576,15 @@ export class MongoDriver implements StorageDriver {
 
       append(user, item: ArchiveAppend<T>) {
         // Everything that fixes the order is taken now, at call time.
-        const id = item.id ?? generateArchiveId();
+        const when = item.when ?? Date.now();
+        const id = item.id ?? generateArchiveId(when);
         const doc: ArchiveDoc = {
           _id: new ObjectId(),
           host,
           store,
           user,
           id,
-          when: item.when ?? Date.now(),
+          when,
           seq: nextSeq(),
           with: item.with,
           bare: bareJid(item.with),

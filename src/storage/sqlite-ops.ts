@@ -4,7 +4,17 @@
 // a worker; sqlite.ts runs it inline for in-memory databases.
 
 import type Database from 'better-sqlite3';
-import { filterClauses, ftsMatch, OWNER, PURGE_SQL, type Filter, type SqlParam } from './sqlite-schema.ts';
+import {
+  filterClauses,
+  findEntry,
+  ftsMatch,
+  OWNER,
+  PURGE_SQL,
+  type Filter,
+  type GetRow,
+  type SqlParam,
+} from './sqlite-schema.ts';
+import { archiveIdTime } from './types.ts';
 
 export type WriteOp =
   | { k: 'kvSet'; host: string; store: string; user: string; value: string | null }
@@ -95,6 +105,32 @@ export class BatchApplier {
     return oid;
   }
 
+  readonly #get: GetRow = (sql, params) => this.#stmt(sql).get(...params);
+
+  /** One item and an entry for it in each archive (owner i with ids[i], withs[i], bares[i]). */
+  #insert(
+    value: string,
+    text: string | null,
+    oids: number[],
+    ids: string[],
+    withs: string[],
+    bares: string[],
+    when: number,
+  ): void {
+    const seq = this.#stmt('INSERT INTO archive_item (value, text, refs) VALUES (?, ?, ?)').run(
+      value,
+      text,
+      oids.length,
+    ).lastInsertRowid as number;
+    const entry = this.#stmt(
+      'INSERT INTO archive (oid, "when", seq, id, "with", bare_with, stamped) VALUES (?, ?, ?, ?, ?, ?, ?)',
+    );
+    for (let i = 0; i < oids.length; i++) {
+      const id = ids[i]!;
+      entry.run(oids[i]!, when, seq, id, withs[i]!, bares[i]!, archiveIdTime(id) === when ? 1 : 0);
+    }
+  }
+
   #run(op: WriteOp): number | null {
     const stmt = (sql: string) => this.#stmt(sql);
     switch (op.k) {
@@ -133,28 +169,27 @@ export class BatchApplier {
       case 'append': {
         const oid = this.#owner(op.host, op.store, op.user);
         // Only caller-chosen ids can collide; replacing mirrors Prosody.
-        if (op.replace) stmt('DELETE FROM archive WHERE oid = ? AND id = ?').run(oid, op.id);
-        stmt(
-          'INSERT INTO archive (oid, id, "when", "with", bare_with, value, text) VALUES (?, ?, ?, ?, ?, ?, ?)',
-        ).run(oid, op.id, op.when, op.with, op.bare, op.value, op.text);
+        if (op.replace) {
+          const old = findEntry(this.#get, [op.host, op.store, op.user], op.id);
+          if (old) {
+            stmt('DELETE FROM archive WHERE oid = ? AND "when" = ? AND seq = ?').run(oid, old.when, old.seq);
+          }
+        }
+        this.#insert(op.value, op.text, [oid], [op.id], [op.with], [op.bare], op.when);
         return null;
       }
       case 'appendShared': {
-        const insert = stmt(
-          'INSERT INTO archive (oid, id, "when", "with", bare_with, value, text) VALUES (?, ?, ?, ?, ?, ?, ?)',
-        );
-        for (let i = 0; i < op.users.length; i++) {
-          const oid = this.#owner(op.host, op.store, op.users[i]!);
-          insert.run(oid, op.ids[i]!, op.when, op.withs[i]!, op.bares[i]!, op.value, op.text);
-        }
+        const oids = op.users.map((user) => this.#owner(op.host, op.store, user));
+        this.#insert(op.value, op.text, oids, op.ids, op.withs, op.bares, op.when);
         return null;
       }
       case 'delete': {
         // A text filter selects through the full-text index: bring it up to date first.
         if (ftsMatch(op.filter.text) !== null) this.syncText();
+        const owner: SqlParam[] = [op.host, op.store, op.user];
         const where = [`oid = ${OWNER}`];
-        const params: SqlParam[] = [op.host, op.store, op.user];
-        filterClauses(op.filter, where, params);
+        const params: SqlParam[] = [...owner];
+        filterClauses(op.filter, where, params, (id) => findEntry(this.#get, owner, id));
         return stmt(`DELETE FROM archive WHERE ${where.join(' AND ')}`).run(...params).changes;
       }
       case 'purge':
@@ -213,7 +248,7 @@ export class BatchApplier {
         this.#stmt("SELECT value FROM archive_meta WHERE key = 'fts_indexed'").get() as { value: number }
       ).value;
       const rows = this.#stmt(
-        'SELECT seq, text FROM archive WHERE seq > ? AND text IS NOT NULL ORDER BY seq LIMIT ?',
+        'SELECT item_seq AS seq, text FROM archive_item WHERE item_seq > ? AND text IS NOT NULL ORDER BY item_seq LIMIT ?',
       ).all(mark, max) as { seq: number; text: string }[];
       const insert = this.#stmt('INSERT INTO archive_fts (rowid, text) VALUES (?, ?)');
       for (const r of rows) insert.run(r.seq, r.text);
@@ -223,7 +258,7 @@ export class BatchApplier {
         ? rows[rows.length - 1]!.seq
         : Math.max(
             mark,
-            (this.#stmt('SELECT MAX(seq) AS s FROM archive').get() as { s: number | null }).s ?? 0,
+            (this.#stmt('SELECT MAX(item_seq) AS s FROM archive_item').get() as { s: number | null }).s ?? 0,
           );
       if (next !== mark) this.#stmt("UPDATE archive_meta SET value = ? WHERE key = 'fts_indexed'").run(next);
       return more;

@@ -16,11 +16,26 @@
 //    row: archive_meta.fts_indexed is the highest `seq` whose text is in
 //    archive_fts. `seq` is AUTOINCREMENT so that a value is never reused and
 //    the mark stays meaningful after deletes.
+//
+// Schema 3 (same issue) stores what several archives share once and drops
+// the id index for new items:
+//  - archive_item holds an item's value and text once, however many archives
+//    hold it (a message is in its sender's and its recipient's), with a count
+//    of the entries that refer to it; the last entry to go takes it along
+//    (trigger archive_unref);
+//  - archive holds one small entry per (owner, item), clustered by its key
+//    (oid, when, seq), so the timeline needs no second structure; `with`
+//    queries use (oid, bare_with, when);
+//  - ids from generateArchiveId carry their item's `when` (`stamped` = 1), so
+//    such an id is found through the key: (oid, when = the id's time, id).
+//    Only other ids (caller-chosen, or from before schema 3) are in the
+//    partial index archive_id. Per archived message that is one item row and
+//    four index entries, where schema 2 wrote two rows and six entries.
 
 import type Database from 'better-sqlite3';
-import { bareJid, textTerms, type ArchiveQuery } from './types.ts';
+import { archiveIdTime, bareJid, textTerms, type ArchiveQuery } from './types.ts';
 
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 
 export type SqlParam = string | number | null;
 
@@ -36,43 +51,52 @@ CREATE TABLE map (
 ) WITHOUT ROWID;
 `;
 
-// `seq` is an explicit INTEGER PRIMARY KEY (an alias of the rowid) so that
-// VACUUM cannot renumber it: it is both the tie-breaker for equal `when` and
-// the key the FTS index points at. Secondary indexes carry it implicitly as
-// their last column, which is what lets (when, seq) keyset paging run off
-// (oid, when) without sorting.
+// `item_seq` is an explicit INTEGER PRIMARY KEY (an alias of the rowid) so
+// that VACUUM cannot renumber it, and AUTOINCREMENT so that a value is never
+// reused: entries point at it (archive.seq), it breaks ties between equal
+// `when`s, and the full-text index and its mark (archive_meta.fts_indexed)
+// refer to it.
 const ARCHIVE = `
 CREATE TABLE archive_owner (
   oid INTEGER PRIMARY KEY,
   host TEXT NOT NULL, store TEXT NOT NULL, user TEXT NOT NULL,
   UNIQUE (host, store, user)
 );
+CREATE TABLE archive_item (
+  item_seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  value TEXT NOT NULL,
+  text TEXT,
+  refs INTEGER NOT NULL
+);
 CREATE TABLE archive (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT,
   oid INTEGER NOT NULL,
-  id TEXT NOT NULL,
   "when" INTEGER NOT NULL,
+  seq INTEGER NOT NULL,
+  id TEXT NOT NULL,
   "with" TEXT NOT NULL,
   bare_with TEXT NOT NULL,
-  value TEXT NOT NULL,
-  text TEXT
-);
+  stamped INTEGER NOT NULL,
+  PRIMARY KEY (oid, "when", seq)
+) WITHOUT ROWID;
 CREATE TABLE archive_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 INSERT INTO archive_meta (key, value) VALUES ('fts_indexed', 0);
 CREATE VIRTUAL TABLE archive_fts USING fts5(
-  text, content = 'archive', content_rowid = 'seq', tokenize = 'unicode61 remove_diacritics 2'
+  text, content = 'archive_item', content_rowid = 'item_seq', tokenize = 'unicode61 remove_diacritics 2'
 );
--- Only rows already indexed have index entries to take out.
-CREATE TRIGGER archive_fts_delete AFTER DELETE ON archive
-WHEN old.text IS NOT NULL AND old.seq <= (SELECT value FROM archive_meta WHERE key = 'fts_indexed') BEGIN
-  INSERT INTO archive_fts (archive_fts, rowid, text) VALUES ('delete', old.seq, old.text);
+CREATE TRIGGER archive_unref AFTER DELETE ON archive BEGIN
+  UPDATE archive_item SET refs = refs - 1 WHERE item_seq = old.seq;
+  DELETE FROM archive_item WHERE item_seq = old.seq AND refs <= 0;
+END;
+-- Only items already indexed have index entries to take out.
+CREATE TRIGGER archive_fts_delete AFTER DELETE ON archive_item
+WHEN old.text IS NOT NULL AND old.item_seq <= (SELECT value FROM archive_meta WHERE key = 'fts_indexed') BEGIN
+  INSERT INTO archive_fts (archive_fts, rowid, text) VALUES ('delete', old.item_seq, old.text);
 END;
 `;
 
 const ARCHIVE_INDEXES = `
-CREATE UNIQUE INDEX archive_id ON archive (oid, id);
-CREATE INDEX archive_when ON archive (oid, "when");
 CREATE INDEX archive_with ON archive (oid, bare_with, "when");
+CREATE INDEX archive_id ON archive (oid, id) WHERE stamped = 0;
 `;
 
 /** Rows copied per step of the 1 -> 2 migration, with a progress line after each. */
@@ -96,8 +120,9 @@ export function migrate(db: Database.Database, log: MigrationLog): void {
     if (v === SCHEMA_VERSION) return;
     if (v === 0) {
       db.exec(TABLES + ARCHIVE + ARCHIVE_INDEXES);
-    } else if (v === 1) {
-      migrate1to2(db, log);
+    } else if (v === 1 || v === 2) {
+      if (v === 1) migrate1to2(db, log);
+      migrate2to3(db, log);
     } else {
       throw new Error(`unknown database schema version ${v}`);
     }
@@ -116,7 +141,7 @@ export function migrate(db: Database.Database, log: MigrationLog): void {
 function migrate1to2(db: Database.Database, log: MigrationLog): void {
   const total = (db.prepare('SELECT COUNT(*) AS n FROM archive').get() as { n: number }).n;
   const started = Date.now();
-  if (total > 0) log(`migrating the archive to schema ${SCHEMA_VERSION}: ${total} rows to copy`);
+  if (total > 0) log(`migrating the archive to schema 2: ${total} rows to copy`);
   db.exec(`
     DROP TRIGGER IF EXISTS archive_fts_insert;
     DROP TRIGGER IF EXISTS archive_fts_delete;
@@ -128,7 +153,7 @@ function migrate1to2(db: Database.Database, log: MigrationLog): void {
     DROP INDEX IF EXISTS archive_retention;
     ALTER TABLE archive RENAME TO archive_v1;
   `);
-  db.exec(ARCHIVE);
+  db.exec(ARCHIVE_V2);
   db.exec(
     'INSERT INTO archive_owner (host, store, user) SELECT DISTINCT host, store, user FROM archive_v1 ORDER BY 1, 2, 3',
   );
@@ -151,6 +176,92 @@ function migrate1to2(db: Database.Database, log: MigrationLog): void {
   }
   db.exec('DROP TABLE archive_v1');
   // Indexes are built once at the end: faster than maintaining them row by row.
+  db.exec(ARCHIVE_V2_INDEXES);
+  if (total > 0) {
+    log(
+      `migrated the archive to schema 2: ${done} rows in ${Date.now() - started} ms; ` +
+        'the full-text index is rebuilt in the background',
+    );
+  }
+}
+
+// Schema 2's archive, as migrate1to2 makes it and migrate2to3 reads it.
+const ARCHIVE_V2 = `
+CREATE TABLE archive_owner (
+  oid INTEGER PRIMARY KEY,
+  host TEXT NOT NULL, store TEXT NOT NULL, user TEXT NOT NULL,
+  UNIQUE (host, store, user)
+);
+CREATE TABLE archive (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  oid INTEGER NOT NULL,
+  id TEXT NOT NULL,
+  "when" INTEGER NOT NULL,
+  "with" TEXT NOT NULL,
+  bare_with TEXT NOT NULL,
+  value TEXT NOT NULL,
+  text TEXT
+);
+CREATE TABLE archive_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO archive_meta (key, value) VALUES ('fts_indexed', 0);
+`;
+const ARCHIVE_V2_INDEXES = `
+CREATE UNIQUE INDEX archive_id ON archive (oid, id);
+CREATE INDEX archive_when ON archive (oid, "when");
+CREATE INDEX archive_with ON archive (oid, bare_with, "when");
+`;
+
+/**
+ * Schema 2 kept one full row per (owner, item). Each row becomes an item of
+ * its own (keeping `seq`, so paging order and the full-text mark's meaning
+ * are kept) and an entry; ids made before schema 3 carry no time, so every
+ * entry is `stamped` = 0 and found through archive_id. The full-text index
+ * is rebuilt lazily afterwards. Runs inside the caller's transaction.
+ */
+function migrate2to3(db: Database.Database, log: MigrationLog): void {
+  const total = (db.prepare('SELECT COUNT(*) AS n FROM archive').get() as { n: number }).n;
+  const started = Date.now();
+  if (total > 0) log(`migrating the archive to schema ${SCHEMA_VERSION}: ${total} rows to copy`);
+  db.exec(`
+    DROP TRIGGER IF EXISTS archive_fts_delete;
+    DROP TABLE IF EXISTS archive_fts;
+    DROP INDEX IF EXISTS archive_id;
+    DROP INDEX IF EXISTS archive_when;
+    DROP INDEX IF EXISTS archive_with;
+    ALTER TABLE archive RENAME TO archive_v2;
+    ALTER TABLE archive_owner RENAME TO archive_owner_v2;
+    DROP TABLE archive_meta;
+  `);
+  db.exec(ARCHIVE);
+  db.exec(
+    'INSERT INTO archive_owner (oid, host, store, user) SELECT oid, host, store, user FROM archive_owner_v2',
+  );
+  const copyItems = db.prepare(
+    'INSERT INTO archive_item (item_seq, value, text, refs) ' +
+      'SELECT seq, value, text, 1 FROM archive_v2 WHERE seq > ? ORDER BY seq LIMIT ?',
+  );
+  const copyEntries = db.prepare(
+    'INSERT INTO archive (oid, "when", seq, id, "with", bare_with, stamped) ' +
+      'SELECT oid, "when", seq, id, "with", bare_with, 0 FROM archive_v2 WHERE seq > ? ORDER BY seq LIMIT ?',
+  );
+  const lastCopied = db.prepare('SELECT MAX(item_seq) AS s FROM archive_item');
+  let done = 0;
+  let mark = 0;
+  for (;;) {
+    const n = copyItems.run(mark, MIGRATION_CHUNK).changes;
+    if (n === 0) break;
+    copyEntries.run(mark, MIGRATION_CHUNK);
+    done += n;
+    mark = (lastCopied.get() as { s: number }).s;
+    if (total > MIGRATION_CHUNK) log(`migrating the archive: ${done}/${total} rows copied`);
+    if (n < MIGRATION_CHUNK) break;
+  }
+  // AUTOINCREMENT must go on after the highest seq schema 2 ever gave out, deleted rows included.
+  db.exec(
+    "UPDATE sqlite_sequence SET seq = MAX(seq, (SELECT seq FROM sqlite_sequence WHERE name = 'archive_v2')) " +
+      "WHERE name = 'archive_item'",
+  );
+  db.exec('DROP TABLE archive_v2; DROP TABLE archive_owner_v2');
   db.exec(ARCHIVE_INDEXES);
   if (total > 0) {
     log(
@@ -168,8 +279,33 @@ export const OWNER = '(SELECT oid FROM archive_owner WHERE host = ? AND store = 
 
 /** Retention across a store, owner by owner along (oid, when): no index on `when` alone is kept for it. */
 export const PURGE_SQL =
-  'DELETE FROM archive WHERE seq IN (SELECT a.seq FROM archive_owner o JOIN archive a ON a.oid = o.oid ' +
-  'WHERE o.host = ? AND o.store = ? AND a."when" < ? LIMIT ?)';
+  'DELETE FROM archive WHERE (oid, "when", seq) IN (SELECT a.oid, a."when", a.seq ' +
+  'FROM archive_owner o JOIN archive a ON a.oid = o.oid WHERE o.host = ? AND o.store = ? AND a."when" < ? LIMIT ?)';
+
+/** An entry's place in its owner's timeline: the keyset that paging compares. */
+export interface EntryKey {
+  when: number;
+  seq: number;
+}
+
+/** Runs a one-row SELECT on whichever connection the caller has. */
+export type GetRow = (sql: string, params: SqlParam[]) => unknown;
+
+const ENTRY_BY_TIMED_ID = `SELECT "when", seq FROM archive WHERE oid = ${OWNER} AND "when" = ? AND id = ?`;
+const ENTRY_BY_OTHER_ID = `SELECT "when", seq FROM archive WHERE oid = ${OWNER} AND stamped = 0 AND id = ?`;
+
+/**
+ * Finds an owner's entry by id: an id that carries a time through the key
+ * (oid, when, ...), any other through the partial index archive_id.
+ */
+export function findEntry(get: GetRow, owner: SqlParam[], id: string): EntryKey | undefined {
+  const when = archiveIdTime(id);
+  if (when !== null) {
+    const row = get(ENTRY_BY_TIMED_ID, [...owner, when, id]) as EntryKey | undefined;
+    if (row) return row;
+  }
+  return get(ENTRY_BY_OTHER_ID, [...owner, id]) as EntryKey | undefined;
+}
 
 export type Filter = Pick<ArchiveQuery, 'start' | 'end' | 'with' | 'ids' | 'text'> & { olderThan?: number };
 
@@ -183,8 +319,16 @@ export function ftsMatch(text: string | undefined): string | null {
   return terms.map((t) => `"${t.replaceAll('"', '""')}"`).join(' ');
 }
 
-/** WHERE clauses for the filter part of a query (everything except paging). */
-export function filterClauses(filter: Filter, where: string[], params: SqlParam[]): void {
+/**
+ * WHERE clauses for the filter part of a query (everything except paging).
+ * `findId` looks up the entries an `ids` filter names (see findEntry).
+ */
+export function filterClauses(
+  filter: Filter,
+  where: string[],
+  params: SqlParam[],
+  findId?: (id: string) => EntryKey | undefined,
+): void {
   if (filter.start !== undefined) {
     where.push('"when" >= ?');
     params.push(filter.start);
@@ -207,9 +351,21 @@ export function filterClauses(filter: Filter, where: string[], params: SqlParam[
     }
   }
   if (filter.ids !== undefined) {
-    // One JSON parameter instead of N placeholders keeps the statement cache bounded.
-    where.push('id IN (SELECT value FROM json_each(?))');
-    params.push(JSON.stringify(filter.ids));
+    // Each id is looked up first (findEntry); the query then takes those
+    // entries by key. One JSON parameter instead of N placeholders keeps the
+    // statement cache bounded. `seq` alone picks the entries (an owner holds
+    // an item once); `when` lets the key be searched rather than walked.
+    const keys: EntryKey[] = [];
+    for (const id of new Set(filter.ids)) {
+      const key = findId?.(id);
+      if (key) keys.push(key);
+    }
+    if (keys.length === 0) {
+      where.push('0');
+    } else {
+      where.push('"when" IN (SELECT value FROM json_each(?))', 'seq IN (SELECT value FROM json_each(?))');
+      params.push(JSON.stringify(keys.map((k) => k.when)), JSON.stringify(keys.map((k) => k.seq)));
+    }
   }
   const match = ftsMatch(filter.text);
   if (match !== null) {

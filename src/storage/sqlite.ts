@@ -42,10 +42,13 @@ import {
 import { BatchApplier, type Outcome, type WriteOp } from './sqlite-ops.ts';
 import {
   filterClauses,
+  findEntry,
   ftsMatch,
   migrate,
   OWNER,
   PURGE_SQL,
+  type EntryKey,
+  type GetRow,
   type MigrationLog,
   type SqlParam,
 } from './sqlite-schema.ts';
@@ -76,11 +79,6 @@ interface ArchiveRow {
   with: string;
   value: string;
   text: string | null;
-}
-
-interface Anchor {
-  when: number;
-  seq: number;
 }
 
 function rowToItem<T>(row: ArchiveRow): ArchiveItem<T> {
@@ -318,6 +316,8 @@ export class SqliteDriver implements StorageDriver {
   #check(): void {
     if (this.#closed) throw new Error('storage driver "sqlite" is closed');
   }
+
+  readonly #getRow: GetRow = (sql, params) => this.#stmt(sql).get(...params);
 
   #stmt(sql: string): Database.Statement<SqlParam[]> {
     let s = this.#statements.get(sql);
@@ -591,18 +591,15 @@ export class SqliteDriver implements StorageDriver {
     user: string,
     query: ArchiveQuery,
   ): { sql: string; params: SqlParam[]; fromEnd: boolean } {
-    const anchor = (id: string): Anchor => {
-      const row = this.#stmt(`SELECT "when", seq FROM archive WHERE oid = ${OWNER} AND id = ?`).get(
-        host,
-        store,
-        user,
-        id,
-      ) as Anchor | undefined;
-      if (!row) throw new ItemNotFoundError(id);
-      return row;
+    const owner: SqlParam[] = [host, store, user];
+    const findId = (id: string) => findEntry(this.#getRow, owner, id);
+    const anchor = (id: string): EntryKey => {
+      const key = findId(id);
+      if (!key) throw new ItemNotFoundError(id);
+      return key;
     };
     const where = [`oid = ${OWNER}`];
-    const params: SqlParam[] = [host, store, user];
+    const params: SqlParam[] = [...owner];
     if (query.after !== undefined) {
       const a = anchor(query.after);
       where.push('("when", seq) > (?, ?)');
@@ -613,16 +610,13 @@ export class SqliteDriver implements StorageDriver {
       where.push('("when", seq) < (?, ?)');
       params.push(b.when, b.seq);
     }
-    filterClauses(query, where, params);
+    filterClauses(query, where, params, findId);
     // `before` and `reverse` both page backwards: the page is taken from the newest end.
     const fromEnd = query.reverse === true || query.before !== undefined;
     const dir = fromEnd ? 'DESC' : 'ASC';
-    // An ids query names a handful of items: look each one up and sort them,
-    // rather than letting the planner walk the user's whole timeline to avoid the sort.
-    const from = query.ids !== undefined ? 'archive INDEXED BY archive_id' : 'archive';
     let sql =
-      `SELECT id, "when", "with", value, text FROM ${from} WHERE ${where.join(' AND ')} ` +
-      `ORDER BY "when" ${dir}, seq ${dir}`;
+      `SELECT id, "when", "with", value, text FROM archive JOIN archive_item ON item_seq = seq ` +
+      `WHERE ${where.join(' AND ')} ORDER BY "when" ${dir}, seq ${dir}`;
     if (query.limit !== undefined) {
       sql += ' LIMIT ?';
       params.push(query.limit + 1);
@@ -663,7 +657,7 @@ export class SqliteDriver implements StorageDriver {
     const owner: SqlParam[] = [host, store, user];
     const where = [`oid = ${OWNER}`];
     const p: SqlParam[] = [...owner];
-    filterClauses(query, where, p);
+    filterClauses(query, where, p, (id) => findEntry(this.#getRow, owner, id));
     return {
       count: this.#explain(`SELECT COUNT(*) AS n FROM archive WHERE oid = ${OWNER}`, owner),
       total: this.#explain(`SELECT COUNT(*) AS n FROM archive WHERE ${where.join(' AND ')}`, p),
@@ -685,6 +679,7 @@ export class SqliteDriver implements StorageDriver {
         op,
       ).then(() => undefined);
     const stmt = (sql: string) => this.#stmt(sql);
+    const getRow = this.#getRow;
     const pageQuery = (user: string, query: ArchiveQuery) => this.#pageQuery(host, store, user, query);
     const caps: ArchiveCaps = { total: true, fullText: true, ids: true, before: true };
 
@@ -714,7 +709,8 @@ export class SqliteDriver implements StorageDriver {
       },
 
       async append(user, item: ArchiveAppend<T>) {
-        const id = item.id ?? generateArchiveId();
+        const when = item.when ?? Date.now();
+        const id = item.id ?? generateArchiveId(when);
         await write(user, {
           k: 'append',
           host,
@@ -722,7 +718,7 @@ export class SqliteDriver implements StorageDriver {
           user,
           id,
           replace: item.id !== undefined && item.fresh !== true,
-          when: item.when ?? Date.now(),
+          when,
           with: item.with,
           bare: bareJid(item.with),
           value: JSON.stringify(item.value),
@@ -749,9 +745,10 @@ export class SqliteDriver implements StorageDriver {
             if (fromEnd && !query.reverse) rows.reverse();
             const result: ArchiveResult<T> = { items: rows.map((r) => rowToItem<T>(r)), complete };
             if (query.total) {
+              const owner: SqlParam[] = [host, store, user];
               const where = [`oid = ${OWNER}`];
-              const p: SqlParam[] = [host, store, user];
-              filterClauses(query, where, p);
+              const p: SqlParam[] = [...owner];
+              filterClauses(query, where, p, (id) => findEntry(getRow, owner, id));
               const row = stmt(`SELECT COUNT(*) AS n FROM archive WHERE ${where.join(' AND ')}`).get(
                 ...p,
               ) as {

@@ -1,6 +1,7 @@
 // The SQLite driver's archive beyond the conformance suite: the writer
 // thread, the full-text index filled after the fact, the plans of every
-// archive statement, and the migration from schema 1.
+// archive statement, items shared by several archives, ids that carry their
+// time, and the migrations from schemas 1 and 2.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -8,6 +9,7 @@ import { expect } from 'chai';
 import Database from 'better-sqlite3';
 import { SqliteDriver } from '../../src/storage/sqlite.ts';
 import { SCHEMA_VERSION } from '../../src/storage/sqlite-schema.ts';
+import { archiveIdTime, generateArchiveId } from '../../src/storage/types.ts';
 import { runStorageConformance } from './conformance.ts';
 
 const tmp = mkdtempSync(join(tmpdir(), 'chorus-sqlite-archive-'));
@@ -62,13 +64,53 @@ CREATE TRIGGER archive_fts_update AFTER UPDATE OF text ON archive BEGIN
 END;
 `;
 
+/** The schema Chorus created before schema 3, as it was. */
+const SCHEMA_2 = `
+CREATE TABLE keyval (
+  host TEXT NOT NULL, store TEXT NOT NULL, user TEXT NOT NULL, value TEXT NOT NULL,
+  PRIMARY KEY (host, store, user)
+) WITHOUT ROWID;
+CREATE TABLE map (
+  host TEXT NOT NULL, store TEXT NOT NULL, user TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+  PRIMARY KEY (host, store, user, key)
+) WITHOUT ROWID;
+CREATE TABLE archive_owner (
+  oid INTEGER PRIMARY KEY,
+  host TEXT NOT NULL, store TEXT NOT NULL, user TEXT NOT NULL,
+  UNIQUE (host, store, user)
+);
+CREATE TABLE archive (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  oid INTEGER NOT NULL,
+  id TEXT NOT NULL,
+  "when" INTEGER NOT NULL,
+  "with" TEXT NOT NULL,
+  bare_with TEXT NOT NULL,
+  value TEXT NOT NULL,
+  text TEXT
+);
+CREATE TABLE archive_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO archive_meta (key, value) VALUES ('fts_indexed', 0);
+CREATE VIRTUAL TABLE archive_fts USING fts5(
+  text, content = 'archive', content_rowid = 'seq', tokenize = 'unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER archive_fts_delete AFTER DELETE ON archive
+WHEN old.text IS NOT NULL AND old.seq <= (SELECT value FROM archive_meta WHERE key = 'fts_indexed') BEGIN
+  INSERT INTO archive_fts (archive_fts, rowid, text) VALUES ('delete', old.seq, old.text);
+END;
+CREATE UNIQUE INDEX archive_id ON archive (oid, id);
+CREATE INDEX archive_when ON archive (oid, "when");
+CREATE INDEX archive_with ON archive (oid, bare_with, "when");
+`;
+
 function ftsMark(path: string): { mark: number; max: number } {
   const raw = new Database(path, { readonly: true });
   try {
     const mark = (
       raw.prepare("SELECT value FROM archive_meta WHERE key = 'fts_indexed'").get() as { value: number }
     ).value;
-    const max = (raw.prepare('SELECT MAX(seq) AS s FROM archive').get() as { s: number | null }).s ?? 0;
+    const max =
+      (raw.prepare('SELECT MAX(item_seq) AS s FROM archive_item').get() as { s: number | null }).s ?? 0;
     return { mark, max };
   } finally {
     raw.close();
@@ -145,6 +187,55 @@ describe('sqlite archive', function () {
     expect(ftsMark(path).mark).to.equal(50);
     await d.close();
     ftsIntegrity(path);
+  });
+
+  it('stores an item shared by two archives once, until the last entry for it goes', async function () {
+    const path = freshPath();
+    const d = SqliteDriver.open(path, { ftsIdleMs: 60_000 });
+    const a = d.archive<string>('h', 'a');
+    const when = 1_700_000_000_000;
+    const [idU, idV] = [generateArchiveId(when), generateArchiveId(when)];
+    await a.appendShared(
+      [
+        { user: 'u', id: idU, with: 'v@x' },
+        { user: 'v', id: idV, with: 'u@x/r' },
+      ],
+      { when, value: '<message>hi</message>', text: 'hi there' },
+    );
+    const items = () => {
+      const raw = new Database(path, { readonly: true });
+      try {
+        return raw.prepare('SELECT refs FROM archive_item').all() as { refs: number }[];
+      } finally {
+        raw.close();
+      }
+    };
+    expect(items()).to.deep.equal([{ refs: 2 }]);
+    // Both find it by their own id through the key, and by text.
+    expect((await a.find('u', { ids: [idU] })).items.map((i) => i.value)).to.deep.equal([
+      '<message>hi</message>',
+    ]);
+    expect((await a.find('v', { after: idV })).items).to.deep.equal([]);
+    expect((await a.find('v', { text: 'there' })).items.map((i) => i.id)).to.deep.equal([idV]);
+    expect(await a.delete('u', { ids: [idU] })).to.equal(1);
+    expect(items()).to.deep.equal([{ refs: 1 }]);
+    expect((await a.find('v', { text: 'there' })).items.map((i) => i.id)).to.deep.equal([idV]);
+    expect(await a.delete('v')).to.equal(1);
+    expect(items()).to.deep.equal([]);
+    await d.close();
+    ftsIntegrity(path);
+  });
+
+  it('makes ids that carry their time and 48 random bits, and tells them from other ids', function () {
+    const when = Date.UTC(2026, 10, 22, 12, 0, 0, 123);
+    const ids = Array.from({ length: 100 }, () => generateArchiveId(when));
+    expect(new Set(ids).size).to.equal(100);
+    for (const id of ids) {
+      expect(id).to.match(/^[A-Za-z0-9_-]{16}$/);
+      expect(archiveIdTime(id)).to.equal(when);
+    }
+    expect(archiveIdTime('chosen-id-0001')).to.equal(null);
+    expect(archiveIdTime('not/base64url!!!')).to.equal(null);
   });
 
   it('runs every archive statement off an index, never a scan of the archive', async function () {
@@ -238,6 +329,8 @@ describe('sqlite archive', function () {
       const d = SqliteDriver.open(path, { log: (m) => lines.push(m) });
       expect(lines.join('\n')).to.match(/migrating the archive to schema 2: 299 rows/);
       expect(lines.join('\n')).to.match(/migrated the archive to schema 2: 299 rows/);
+      expect(lines.join('\n')).to.match(/migrating the archive to schema 3: 299 rows/);
+      expect(lines.join('\n')).to.match(/migrated the archive to schema 3: 299 rows/);
       expect(await d.keyval('h', 'kv').get('u')).to.deep.equal({ v: 1 });
       expect(await d.map('h', 'm').get('u', 'k')).to.deep.equal([1, 2]);
 
@@ -290,13 +383,17 @@ describe('sqlite archive', function () {
       ).map((r) => r.name);
       expect(names).to.include.members([
         'archive_owner',
+        'archive_item',
         'archive_id',
-        'archive_when',
         'archive_with',
+        'archive_unref',
         'archive_fts_delete',
       ]);
       expect(names).not.to.include.members([
         'archive_v1',
+        'archive_v2',
+        'archive_owner_v2',
+        'archive_when',
         'archive_retention',
         'archive_fts_insert',
         'archive_fts_update',
@@ -307,6 +404,49 @@ describe('sqlite archive', function () {
       const again: string[] = [];
       await SqliteDriver.open(path, { log: (m) => again.push(m) }).close();
       expect(again).to.deep.equal([]);
+    });
+
+    it('migrates a schema-2 database, full-text index included, keeping ids, order and text', async function () {
+      const path = freshPath();
+      const { mkdirSync } = await import('node:fs');
+      mkdirSync(join(path, '..'), { recursive: true });
+      const raw = new Database(path);
+      raw.pragma('journal_mode = WAL');
+      raw.exec(SCHEMA_2);
+      raw.pragma('user_version = 2');
+      raw
+        .prepare("INSERT INTO archive_owner (oid, host, store, user) VALUES (1, 'h', 'archive', 'alice')")
+        .run();
+      const insert = raw.prepare(
+        'INSERT INTO archive (oid, id, "when", "with", bare_with, value, text) VALUES (1, ?, ?, ?, ?, ?, ?)',
+      );
+      for (let i = 0; i < 10; i++)
+        insert.run(`old${i}`, 1000 + i, 'bob@x/r', 'bob@x', JSON.stringify(i), `note ${i}`);
+      raw.prepare("DELETE FROM archive WHERE id = 'old9'").run();
+      // Schema 2 had indexed the text of the first rows.
+      raw.exec('INSERT INTO archive_fts (rowid, text) SELECT seq, text FROM archive WHERE seq <= 5');
+      raw.prepare("UPDATE archive_meta SET value = 5 WHERE key = 'fts_indexed'").run();
+      raw.close();
+
+      const lines: string[] = [];
+      const d = SqliteDriver.open(path, { log: (m) => lines.push(m) });
+      expect(lines.join('\n')).to.match(/migrated the archive to schema 3: 9 rows/);
+      const a = d.archive<number>('h', 'archive');
+      const all = await a.find('alice');
+      expect(all.items.map((i) => [i.id, i.when, i.with, i.value])).to.deep.equal(
+        Array.from({ length: 9 }, (_, i) => [`old${i}`, 1000 + i, 'bob@x/r', i]),
+      );
+      expect((await a.find('alice', { after: 'old3', limit: 2 })).items.map((i) => i.id)).to.deep.equal([
+        'old4',
+        'old5',
+      ]);
+      expect((await a.find('alice', { text: 'note 7' })).items.map((i) => i.id)).to.deep.equal(['old7']);
+      // New items come after the migrated ones.
+      const fresh = await a.append('alice', { when: 1008, with: 'bob@x', value: 99, text: 'note new' });
+      expect((await a.find('alice', { start: 1008 })).items.map((i) => i.id)).to.deep.equal(['old8', fresh]);
+      expect((await a.find('alice', { text: 'new' })).items.map((i) => i.value)).to.deep.equal([99]);
+      await d.close();
+      ftsIntegrity(path);
     });
 
     it('migrates an empty schema-1 database silently', async function () {
