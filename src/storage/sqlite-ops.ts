@@ -50,6 +50,9 @@ export type WriteOp =
   | { k: 'delete'; host: string; store: string; user: string; filter: Filter }
   | { k: 'purge'; host: string; store: string; before: number; limit: number };
 
+/** An archive entry's columns: oid, when, seq, id, with, bare_with, stamped. */
+type EntryRow = [number, number, number, string, string, string, number];
+
 /** The outcome of one write: its result, or the error it failed with. */
 export type Outcome = { ok: true; value: number | null } | { ok: false; message: string; code?: string };
 
@@ -62,6 +65,11 @@ export class BatchApplier {
   /** (host, store, user) -> oid, for owners known to exist. */
   readonly #owners = new Map<string, number>();
   readonly #savepoint: (fn: () => number | null) => number | null;
+  /**
+   * Entries of new items, inserted together at the end of a batch (see
+   * #insertDeferred); undefined while writes are retried one by one.
+   */
+  #deferred: EntryRow[] | undefined;
   commits = 0;
   writes = 0;
 
@@ -122,17 +130,46 @@ export class BatchApplier {
       text,
       oids.length,
     ).lastInsertRowid as number;
-    const entry = this.#stmt(
-      'INSERT INTO archive (oid, "when", seq, id, "with", bare_with, stamped) VALUES (?, ?, ?, ?, ?, ?, ?)',
-    );
     for (let i = 0; i < oids.length; i++) {
       const id = ids[i]!;
-      entry.run(oids[i]!, when, seq, id, withs[i]!, bares[i]!, archiveIdTime(id) === when ? 1 : 0);
+      const entry: EntryRow = [
+        oids[i]!,
+        when,
+        seq,
+        id,
+        withs[i]!,
+        bares[i]!,
+        archiveIdTime(id) === when ? 1 : 0,
+      ];
+      if (this.#deferred) this.#deferred.push(entry);
+      else this.#insertEntry(entry);
     }
+  }
+
+  #insertEntry(entry: EntryRow): void {
+    this.#stmt(
+      'INSERT INTO archive (oid, "when", seq, id, "with", bare_with, stamped) VALUES (?, ?, ?, ?, ?, ?, ?)',
+    ).run(...entry);
+  }
+
+  /**
+   * Inserts the entries deferred so far in (owner, when) order: one owner's
+   * entries then go into the same index pages one after another instead of
+   * each jumping to another owner's pages, which is most of the cost of an
+   * entry (measured: about a fifth of the batch's time).
+   */
+  #insertDeferred(): void {
+    const entries = this.#deferred;
+    if (!entries || entries.length === 0) return;
+    this.#deferred = [];
+    entries.sort((a, b) => a[0] - b[0] || a[1] - b[1] || a[2] - b[2]);
+    for (const entry of entries) this.#insertEntry(entry);
   }
 
   #run(op: WriteOp): number | null {
     const stmt = (sql: string) => this.#stmt(sql);
+    // Whatever reads or deletes entries sees the deferred ones first.
+    if (op.k === 'delete' || op.k === 'purge' || (op.k === 'append' && op.replace)) this.#insertDeferred();
     switch (op.k) {
       case 'kvSet':
         if (op.value === null) {
@@ -208,7 +245,13 @@ export class BatchApplier {
     const values: (number | null)[] = [];
     try {
       this.#db.transaction(() => {
-        for (const op of batch) values.push(this.#run(op));
+        this.#deferred = [];
+        try {
+          for (const op of batch) values.push(this.#run(op));
+          this.#insertDeferred();
+        } finally {
+          this.#deferred = undefined;
+        }
       })();
       this.commits++;
       this.writes += batch.length;

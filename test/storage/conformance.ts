@@ -666,6 +666,23 @@ export function runStorageConformance(name: string, open: () => Promise<StorageD
         expect(ns((await archive.find('v', { ids: ['same'] })).items)).to.deep.equal([2]);
       });
 
+      it('round-trips values of every JSON kind, strings that look like JSON or start with quotes included', async function () {
+        const any = driver.archive<JsonValue>('h', 'values');
+        const values: JsonValue[] = [
+          "'quoted",
+          '"double"',
+          '',
+          '{"a":1}',
+          "<message id='x'/>",
+          7,
+          null,
+          [1, 'a'],
+          { b: "'" },
+        ];
+        for (const value of values) await any.append('u', { with: 'a@b', value });
+        expect((await any.find('u')).items.map((i) => i.value)).to.deep.equal(values);
+      });
+
       it('appends one item to several archives, each entry under its own id and with', async function () {
         await archive.appendShared(
           [
@@ -699,6 +716,19 @@ export function runStorageConformance(name: string, open: () => Promise<StorageD
         }
         await archive.appendShared([], { value: { n: 8 } });
         expect(await archive.count('v')).to.equal(1);
+      });
+
+      it('applies appends and a delete queued together in order', async function () {
+        // Queued in one tick, these go to the driver together (one batch for SQLite).
+        const writes: Promise<unknown>[] = [
+          archive.appendShared([{ user: 'u', id: 'q1', with: 'a@b' }], { when: 1, value: { n: 1 } }),
+          archive.append('u', { id: 'q2', fresh: true, when: 2, with: 'c@d', value: { n: 2 } }),
+        ];
+        const deleted = archive.delete('u', { with: 'a@b' });
+        writes.push(archive.append('u', { id: 'q3', fresh: true, when: 0, with: 'a@b', value: { n: 3 } }));
+        await Promise.all(writes);
+        expect(await deleted).to.equal(1);
+        expect(ns((await archive.find('u')).items)).to.deep.equal([3, 2]);
       });
 
       it('sees an un-awaited append from an immediate read', async function () {
