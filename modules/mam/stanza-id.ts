@@ -50,23 +50,20 @@ export function bodyText(message: Element): string | undefined {
 }
 
 /**
- * Removes every <stanza-id/> that claims to come from one of `by` (only the
+ * Removes every <stanza-id/> that claims to come from `by` or `alsoBy` (only the
  * server may add those). Most messages carry none: they are left untouched.
  */
-export function stripStanzaIds(message: Element, ...by: string[]): number {
-  if (!message.children.some((child) => isForgedId(child, by))) return 0;
+export function stripStanzaIds(message: Element, by: string, alsoBy: string = by): number {
+  if (!message.children.some((child) => isForgedId(child, by, alsoBy))) return 0;
   const before = message.children.length;
-  message.children = message.children.filter((child) => !isForgedId(child, by));
+  message.children = message.children.filter((child) => !isForgedId(child, by, alsoBy));
   return before - message.children.length;
 }
 
-function isForgedId(child: Element | string, by: string[]): boolean {
-  return (
-    typeof child !== 'string' &&
-    child.name === 'stanza-id' &&
-    child.getNS() === NS_SID &&
-    by.includes(normalize(child.attrs.by))
-  );
+function isForgedId(child: Element | string, by: string, alsoBy: string): boolean {
+  if (typeof child === 'string' || child.name !== 'stanza-id' || child.getNS() !== NS_SID) return false;
+  const claimed = normalize(child.attrs.by);
+  return claimed === by || claimed === alsoBy;
 }
 
 function normalize(by: unknown): string {
