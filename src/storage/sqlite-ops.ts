@@ -5,6 +5,7 @@
 
 import type Database from 'better-sqlite3';
 import {
+  archiveFor,
   filterClauses,
   findEntry,
   ftsMatch,
@@ -50,8 +51,8 @@ export type WriteOp =
   | { k: 'delete'; host: string; store: string; user: string; filter: Filter }
   | { k: 'purge'; host: string; store: string; before: number; limit: number };
 
-/** An archive entry's columns: oid, when, seq, id, with, bare_with, stamped. */
-type EntryRow = [number, number, number, string, string, string, number];
+/** An archive entry's columns: oid, when, seq, id, with_id, bare_id, stamped. */
+type EntryRow = [number, number, number, string, number, number, number];
 
 /** The outcome of one write: its result, or the error it failed with. */
 export type Outcome = { ok: true; value: number | null } | { ok: false; message: string; code?: string };
@@ -64,6 +65,8 @@ export class BatchApplier {
   readonly #statements = new Map<string, Database.Statement<SqlParam[]>>();
   /** (host, store, user) -> oid, for owners known to exist. */
   readonly #owners = new Map<string, number>();
+  /** JID -> its number in archive_jid, for JIDs known to be there. */
+  readonly #jids = new Map<string, number>();
   readonly #savepoint: (fn: () => number | null) => number | null;
   /**
    * Entries of new items, inserted together at the end of a batch (see
@@ -79,6 +82,12 @@ export class BatchApplier {
     // better-sqlite3 use a SAVEPOINT, so one failing write in a batch is rolled
     // back alone instead of taking the whole group down with it.
     this.#savepoint = db.transaction((fn: () => number | null) => fn());
+  }
+
+  /** Rows made by a rolled-back transaction are gone again, and so are their cached numbers. */
+  #forgetUncommitted(): void {
+    this.#owners.clear();
+    this.#jids.clear();
   }
 
   #stmt(sql: string): Database.Statement<SqlParam[]> {
@@ -113,6 +122,22 @@ export class BatchApplier {
     return oid;
   }
 
+  /** The number of a JID in archive_jid, added on first use. Only called inside a transaction. */
+  #jid(jid: string): number {
+    let id = this.#jids.get(jid);
+    if (id === undefined) {
+      const row = this.#stmt('SELECT jid_id FROM archive_jid WHERE jid = ?').get(jid) as
+        { jid_id: number } | undefined;
+      id =
+        row?.jid_id ??
+        Number(this.#stmt('INSERT INTO archive_jid (jid) VALUES (?)').run(jid).lastInsertRowid);
+      // Bounded: a forgotten JID is only looked up again.
+      if (this.#jids.size >= 100_000) this.#jids.clear();
+      this.#jids.set(jid, id);
+    }
+    return id;
+  }
+
   readonly #get: GetRow = (sql, params) => this.#stmt(sql).get(...params);
 
   /** One item and an entry for it in each archive (owner i with ids[i], withs[i], bares[i]). */
@@ -132,15 +157,8 @@ export class BatchApplier {
     ).lastInsertRowid as number;
     for (let i = 0; i < oids.length; i++) {
       const id = ids[i]!;
-      const entry: EntryRow = [
-        oids[i]!,
-        when,
-        seq,
-        id,
-        withs[i]!,
-        bares[i]!,
-        archiveIdTime(id) === when ? 1 : 0,
-      ];
+      const stamped = archiveIdTime(id) === when ? 1 : 0;
+      const entry: EntryRow = [oids[i]!, when, seq, id, this.#jid(withs[i]!), this.#jid(bares[i]!), stamped];
       if (this.#deferred) this.#deferred.push(entry);
       else this.#insertEntry(entry);
     }
@@ -148,7 +166,7 @@ export class BatchApplier {
 
   #insertEntry(entry: EntryRow): void {
     this.#stmt(
-      'INSERT INTO archive (oid, "when", seq, id, "with", bare_with, stamped) VALUES (?, ?, ?, ?, ?, ?, ?)',
+      'INSERT INTO archive (oid, "when", seq, id, with_id, bare_id, stamped) VALUES (?, ?, ?, ?, ?, ?, ?)',
     ).run(...entry);
   }
 
@@ -226,8 +244,9 @@ export class BatchApplier {
         const owner: SqlParam[] = [op.host, op.store, op.user];
         const where = [`oid = ${OWNER}`];
         const params: SqlParam[] = [...owner];
-        filterClauses(op.filter, where, params, (id) => findEntry(this.#get, owner, id));
-        return stmt(`DELETE FROM archive WHERE ${where.join(' AND ')}`).run(...params).changes;
+        filterClauses(op.filter, where, params, { get: this.#get, owner });
+        return stmt(`DELETE FROM ${archiveFor(op.filter)} WHERE ${where.join(' AND ')}`).run(...params)
+          .changes;
       }
       case 'purge':
         return stmt(PURGE_SQL).run(op.host, op.store, op.before, op.limit).changes;
@@ -258,7 +277,7 @@ export class BatchApplier {
       return values.map((value) => ({ ok: true, value }));
     } catch {
       // An owner created by the rolled-back transaction is gone again.
-      this.#owners.clear();
+      this.#forgetUncommitted();
     }
     const outcomes: Outcome[] = [];
     try {
@@ -273,7 +292,7 @@ export class BatchApplier {
       })();
     } catch (error) {
       // The commit itself failed: nothing in the batch is durable.
-      this.#owners.clear();
+      this.#forgetUncommitted();
       return batch.map(() => failure(error));
     }
     this.commits++;

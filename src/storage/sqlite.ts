@@ -41,6 +41,7 @@ import {
 } from './types.ts';
 import { BatchApplier, type Outcome, type WriteOp } from './sqlite-ops.ts';
 import {
+  archiveFor,
   filterClauses,
   findEntry,
   ftsMatch,
@@ -624,12 +625,17 @@ export class SqliteDriver implements StorageDriver {
       where.push('("when", seq) < (?, ?)');
       params.push(b.when, b.seq);
     }
-    filterClauses(query, where, params, findId);
+    filterClauses(query, where, params, { get: this.#getRow, owner });
     // `before` and `reverse` both page backwards: the page is taken from the newest end.
     const fromEnd = query.reverse === true || query.before !== undefined;
     const dir = fromEnd ? 'DESC' : 'ASC';
+    // A conversation is read off its own index. Without statistics the planner
+    // would rather walk the owner's whole timeline (the key) and filter it,
+    // which also needs no sort but reads every other conversation's entries.
+    const from = archiveFor(query);
     let sql =
-      `SELECT id, "when", "with", value, text FROM archive JOIN archive_item ON item_seq = seq ` +
+      `SELECT id, "when", jid AS "with", value, text FROM ${from} ` +
+      `JOIN archive_item ON item_seq = seq JOIN archive_jid ON jid_id = with_id ` +
       `WHERE ${where.join(' AND ')} ORDER BY "when" ${dir}, seq ${dir}`;
     if (query.limit !== undefined) {
       sql += ' LIMIT ?';
@@ -671,12 +677,12 @@ export class SqliteDriver implements StorageDriver {
     const owner: SqlParam[] = [host, store, user];
     const where = [`oid = ${OWNER}`];
     const p: SqlParam[] = [...owner];
-    filterClauses(query, where, p, (id) => findEntry(this.#getRow, owner, id));
+    filterClauses(query, where, p, { get: this.#getRow, owner });
     return {
       count: this.#explain(`SELECT COUNT(*) AS n FROM archive WHERE oid = ${OWNER}`, owner),
-      total: this.#explain(`SELECT COUNT(*) AS n FROM archive WHERE ${where.join(' AND ')}`, p),
+      total: this.#explain(`SELECT COUNT(*) AS n FROM ${archiveFor(query)} WHERE ${where.join(' AND ')}`, p),
       summary: this.#explain(SUMMARY_SQL, owner),
-      delete: this.#explain(`DELETE FROM archive WHERE ${where.join(' AND ')}`, p),
+      delete: this.#explain(`DELETE FROM ${archiveFor(query)} WHERE ${where.join(' AND ')}`, p),
       purge: this.#explain(PURGE_SQL, [host, store, 0, 10]),
     };
   }
@@ -763,10 +769,10 @@ export class SqliteDriver implements StorageDriver {
               const owner: SqlParam[] = [host, store, user];
               const where = [`oid = ${OWNER}`];
               const p: SqlParam[] = [...owner];
-              filterClauses(query, where, p, (id) => findEntry(getRow, owner, id));
-              const row = stmt(`SELECT COUNT(*) AS n FROM archive WHERE ${where.join(' AND ')}`).get(
-                ...p,
-              ) as {
+              filterClauses(query, where, p, { get: getRow, owner });
+              const row = stmt(
+                `SELECT COUNT(*) AS n FROM ${archiveFor(query)} WHERE ${where.join(' AND ')}`,
+              ).get(...p) as {
                 n: number;
               };
               result.total = row.n;
@@ -830,8 +836,8 @@ export class SqliteDriver implements StorageDriver {
 const USERS_PAGE = 256;
 
 const SUMMARY_SQL =
-  'SELECT "with" AS w, COUNT(*) AS n, MIN("when") AS first, MAX("when") AS last FROM archive ' +
-  `WHERE oid = ${OWNER} GROUP BY "with"`;
+  'SELECT jid AS w, n, first, last FROM (SELECT with_id, COUNT(*) AS n, MIN("when") AS first, ' +
+  `MAX("when") AS last FROM archive WHERE oid = ${OWNER} GROUP BY with_id) JOIN archive_jid ON jid_id = with_id`;
 
 // What a read or write touches: one user's data in a store, or a whole store
 // (listing users, retention sweeps), which counts as touching every user of

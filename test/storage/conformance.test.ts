@@ -227,6 +227,10 @@ describe('sqlite driver specifics', function () {
       expect(text, JSON.stringify(q)).not.to.match(/SCAN archive\b/);
       // Keyset paging walks the index in order: no sort of the whole range either.
       expect(text, JSON.stringify(q)).not.to.match(/TEMP B-TREE/);
+      // A conversation is read off its own index, not found by walking the
+      // owner's whole timeline and filtering.
+      if (q.with !== undefined)
+        expect(text, JSON.stringify(q)).to.match(/USING INDEX archive_with \(oid=\? AND bare_id=\?/);
     }
     // An ids lookup probes the key (ids carry their item's time) rather than
     // walking the timeline; an id of another form probes the id index.
