@@ -54,17 +54,21 @@ CREATE TABLE map (
 ) WITHOUT ROWID;
 `;
 
+/** An archive's owner, (host, store, user), as a small integer; the same in schemas 2 and 3. */
+const ARCHIVE_OWNER = `
+CREATE TABLE archive_owner (
+  oid INTEGER PRIMARY KEY,
+  host TEXT NOT NULL, store TEXT NOT NULL, user TEXT NOT NULL,
+  UNIQUE (host, store, user)
+);
+`;
+
 // `item_seq` is an explicit INTEGER PRIMARY KEY (an alias of the rowid) so
 // that VACUUM cannot renumber it, and AUTOINCREMENT so that a value is never
 // reused: entries point at it (archive.seq), it breaks ties between equal
 // `when`s, and the full-text index and its mark (archive_meta.fts_indexed)
 // refer to it.
 const ARCHIVE = `
-CREATE TABLE archive_owner (
-  oid INTEGER PRIMARY KEY,
-  host TEXT NOT NULL, store TEXT NOT NULL, user TEXT NOT NULL,
-  UNIQUE (host, store, user)
-);
 CREATE TABLE archive_item (
   item_seq INTEGER PRIMARY KEY AUTOINCREMENT,
   value TEXT NOT NULL,
@@ -111,6 +115,30 @@ const MIGRATION_CHUNK = 50_000;
 
 export type MigrationLog = (message: string) => void;
 
+/**
+ * Copies rows in `seq` order, MIGRATION_CHUNK at a time: `copyAfter(mark)`
+ * copies the next chunk after `mark` and says how many rows it copied,
+ * `lastCopied()` is the highest `seq` copied so far. Logs progress when there
+ * is more than one chunk; returns how many rows were copied.
+ */
+function copyInChunks(
+  total: number,
+  copyAfter: (mark: number) => number,
+  lastCopied: () => number,
+  log: MigrationLog,
+): number {
+  let done = 0;
+  let mark = 0;
+  for (;;) {
+    const n = copyAfter(mark);
+    if (n === 0) return done;
+    done += n;
+    mark = lastCopied();
+    if (total > MIGRATION_CHUNK) log(`migrating the archive: ${done}/${total} rows copied`);
+    if (n < MIGRATION_CHUNK) return done;
+  }
+}
+
 /** Brings a database to SCHEMA_VERSION: creates it, or migrates an older one in place. */
 export function migrate(db: Database.Database, log: MigrationLog): void {
   const version = db.pragma('user_version', { simple: true }) as number;
@@ -126,7 +154,7 @@ export function migrate(db: Database.Database, log: MigrationLog): void {
     const v = db.pragma('user_version', { simple: true }) as number;
     if (v === SCHEMA_VERSION) return;
     if (v === 0) {
-      db.exec(TABLES + ARCHIVE + ARCHIVE_INDEXES);
+      db.exec(TABLES + ARCHIVE_OWNER + ARCHIVE + ARCHIVE_INDEXES);
     } else if (v === 1 || v === 2) {
       if (v === 1) migrate1to2(db, log);
       migrate2to3(db, log);
@@ -160,7 +188,7 @@ function migrate1to2(db: Database.Database, log: MigrationLog): void {
     DROP INDEX IF EXISTS archive_retention;
     ALTER TABLE archive RENAME TO archive_v1;
   `);
-  db.exec(ARCHIVE_V2);
+  db.exec(ARCHIVE_OWNER + ARCHIVE_V2);
   db.exec(
     'INSERT INTO archive_owner (host, store, user) SELECT DISTINCT host, store, user FROM archive_v1 ORDER BY 1, 2, 3',
   );
@@ -171,16 +199,12 @@ function migrate1to2(db: Database.Database, log: MigrationLog): void {
       'WHERE a.seq > ? ORDER BY a.seq LIMIT ?',
   );
   const lastCopied = db.prepare('SELECT MAX(seq) AS s FROM archive');
-  let done = 0;
-  let mark = 0;
-  for (;;) {
-    const n = copy.run(mark, MIGRATION_CHUNK).changes;
-    if (n === 0) break;
-    done += n;
-    mark = (lastCopied.get() as { s: number }).s;
-    if (total > MIGRATION_CHUNK) log(`migrating the archive: ${done}/${total} rows copied`);
-    if (n < MIGRATION_CHUNK) break;
-  }
+  const done = copyInChunks(
+    total,
+    (mark) => copy.run(mark, MIGRATION_CHUNK).changes,
+    () => (lastCopied.get() as { s: number }).s,
+    log,
+  );
   db.exec('DROP TABLE archive_v1');
   // Indexes are built once at the end: faster than maintaining them row by row.
   db.exec(ARCHIVE_V2_INDEXES);
@@ -194,11 +218,6 @@ function migrate1to2(db: Database.Database, log: MigrationLog): void {
 
 // Schema 2's archive, as migrate1to2 makes it and migrate2to3 reads it.
 const ARCHIVE_V2 = `
-CREATE TABLE archive_owner (
-  oid INTEGER PRIMARY KEY,
-  host TEXT NOT NULL, store TEXT NOT NULL, user TEXT NOT NULL,
-  UNIQUE (host, store, user)
-);
 CREATE TABLE archive (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
   oid INTEGER NOT NULL,
@@ -236,13 +255,10 @@ function migrate2to3(db: Database.Database, log: MigrationLog): void {
     DROP INDEX IF EXISTS archive_when;
     DROP INDEX IF EXISTS archive_with;
     ALTER TABLE archive RENAME TO archive_v2;
-    ALTER TABLE archive_owner RENAME TO archive_owner_v2;
     DROP TABLE archive_meta;
   `);
+  // archive_owner is the same in both schemas and stays as it is.
   db.exec(ARCHIVE);
-  db.exec(
-    'INSERT INTO archive_owner (oid, host, store, user) SELECT oid, host, store, user FROM archive_owner_v2',
-  );
   const copyItems = db.prepare(
     'INSERT INTO archive_item (item_seq, value, text, refs) ' +
       'SELECT seq, value, text, 1 FROM archive_v2 WHERE seq > ? ORDER BY seq LIMIT ?',
@@ -257,23 +273,22 @@ function migrate2to3(db: Database.Database, log: MigrationLog): void {
       'WHERE a.seq > ? ORDER BY a.seq LIMIT ?',
   );
   const lastCopied = db.prepare('SELECT MAX(item_seq) AS s FROM archive_item');
-  let done = 0;
-  let mark = 0;
-  for (;;) {
-    const n = copyItems.run(mark, MIGRATION_CHUNK).changes;
-    if (n === 0) break;
-    copyEntries.run(mark, MIGRATION_CHUNK);
-    done += n;
-    mark = (lastCopied.get() as { s: number }).s;
-    if (total > MIGRATION_CHUNK) log(`migrating the archive: ${done}/${total} rows copied`);
-    if (n < MIGRATION_CHUNK) break;
-  }
+  const done = copyInChunks(
+    total,
+    (mark) => {
+      const n = copyItems.run(mark, MIGRATION_CHUNK).changes;
+      copyEntries.run(mark, MIGRATION_CHUNK);
+      return n;
+    },
+    () => (lastCopied.get() as { s: number }).s,
+    log,
+  );
   // AUTOINCREMENT must go on after the highest seq schema 2 ever gave out, deleted rows included.
   db.exec(
     "UPDATE sqlite_sequence SET seq = MAX(seq, (SELECT seq FROM sqlite_sequence WHERE name = 'archive_v2')) " +
       "WHERE name = 'archive_item'",
   );
-  db.exec('DROP TABLE archive_v2; DROP TABLE archive_owner_v2');
+  db.exec('DROP TABLE archive_v2');
   db.exec(ARCHIVE_INDEXES);
   if (total > 0) {
     log(
