@@ -199,11 +199,21 @@ export function generateArchiveId(when: number = Date.now()): string {
  * only if that item has exactly this `when`, which drivers check.
  */
 export function archiveIdTime(id: string): number | null {
-  if (id.length !== 16 || !ID_CHARS.test(id)) return null;
-  return Buffer.from(id, 'base64url').readUIntBE(0, 6);
+  if (id.length !== 16) return null;
+  let when = 0;
+  for (let i = 0; i < 16; i++) {
+    const digit = BASE64URL_DIGITS[id.charCodeAt(i)] ?? -1;
+    if (digit < 0) return null;
+    // The first 8 characters are the 48 bits of time.
+    if (i < 8) when = when * 64 + digit;
+  }
+  return when;
 }
 
-const ID_CHARS = /^[A-Za-z0-9_-]{16}$/;
+/** The value of each base64url character by char code; -1 for any other. */
+const BASE64URL_DIGITS: number[] = Array.from({ length: 128 }, (_, code) =>
+  BASE64URL.indexOf(String.fromCharCode(code)),
+);
 
 /** The bare part of a JID string (everything before the first '/'). */
 export function bareJid(jid: string): string {
