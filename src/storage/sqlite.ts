@@ -431,8 +431,7 @@ export class SqliteDriver implements StorageDriver {
         else w.reject(error);
       }
       // What queued up meanwhile goes at once: batches grow with the load.
-      if (this.#queueTextWaiters.length > 0 || this.#waiters.length > 0) this.#send();
-      else if (this.#queue.length > 0) this.#schedule();
+      if (this.#queue.length > 0 || this.#queueTextWaiters.length > 0) this.#send();
       else this.#writer.busy(false);
     };
     this.#writer.send(ops, syncText).then(
