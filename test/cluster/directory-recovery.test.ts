@@ -4,20 +4,10 @@
 // had died. Real redis-server, real Chorus processes.
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
-import { startCluster, type TestCluster, requireRedis, sleep } from '../helpers/cluster.ts';
+import { readUntil, startCluster, type TestCluster, requireRedis, sleep } from '../helpers/cluster.ts';
 import { XmppClient } from '../helpers/xmpp-client.ts';
 
 const PASSWORD = 'recovery-test-pw';
-
-/** Reads stanzas until one matches (roster pushes and presence may come first). */
-async function readUntil(c: XmppClient, pattern: string, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const event = await c.next(Math.max(1, deadline - Date.now()));
-    if (event.kind === 'element' && c.check(pattern, event.element) === null) return;
-  }
-  throw new Error(`${c.name}: never got ${pattern}`);
-}
 
 function describeWithCluster(
   title: string,

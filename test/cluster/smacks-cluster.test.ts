@@ -7,8 +7,8 @@ import type { Element } from 'ltx';
 import { readUntil, sleep, subscribe, useCluster } from '../helpers/cluster.ts';
 import { available } from '../helpers/fixtures.ts';
 import { NS_STANZAS, type XmppClient } from '../helpers/xmpp-client.ts';
+import { authenticateToResume, drain, enableResume, nextElement, SM } from '../helpers/smacks.ts';
 
-const SM = 'urn:xmpp:sm:3';
 const PASSWORD = 'smacks-cluster-pw';
 const USERS = ['alice', 'bob', 'carol', 'dave', 'erin', 'frank', 'grace', 'heidi', 'ivan', 'judy'];
 /** The server never asks for acks on its own: the tests decide what is acknowledged. */
@@ -25,40 +25,11 @@ function chat(to: string, id: string): string {
   return `<message to='${to}' type='chat' id='${id}'><body>${id}</body></message>`;
 }
 
-function isAckRequest(e: Element): boolean {
-  return e.name === 'r' && e.attrs.xmlns === SM;
-}
-
-/** Everything the server sends until it is quiet for `quietMs` (ack requests left out). */
-async function drain(c: XmppClient, quietMs = 500): Promise<Element[]> {
-  const out: Element[] = [];
-  for (;;) {
-    let ev;
-    try {
-      ev = await c.next(quietMs);
-    } catch {
-      return out;
-    }
-    if (ev.kind !== 'element') return out;
-    if (!isAckRequest(ev.element)) out.push(ev.element);
-  }
-}
-
-/** The next element that is not an ack request. */
-async function nextElement(c: XmppClient, timeoutMs = 5000): Promise<Element> {
-  for (;;) {
-    const ev = await c.next(timeoutMs);
-    if (ev.kind !== 'element')
-      throw new Error(`${c.name}: expected an element, got ${ev.kind}\n${c.recentTranscript()}`);
-    if (!isAckRequest(ev.element)) return ev.element;
-  }
-}
-
 /** Reads messages (skipping anything else) and checks their ids, in order. */
 async function expectMessages(c: XmppClient, from: string, ids: string[]): Promise<void> {
   for (const id of ids) {
-    let e = await nextElement(c);
-    while (e.name !== 'message') e = await nextElement(c);
+    let e = await nextElement(c, 5000);
+    while (e.name !== 'message') e = await nextElement(c, 5000);
     const where = `${c.name} expected message ${id}, got ${e.toString()}`;
     expect(e.attrs.id, where).to.equal(id);
     expect(e.attrs.from, where).to.equal(from);
@@ -82,17 +53,7 @@ describe('cluster: stream management resumption on another node', function () {
 
   /** A new connection, authenticated as `user` but not bound, ready to resume. */
   async function authenticated(node: number, user: string): Promise<XmppClient> {
-    const c = await clients.connect(node, `${user} (new connection)`);
-    await c.open();
-    await c.startTls();
-    await c.authenticate(user, PASSWORD);
-    return c;
-  }
-
-  async function enableResume(c: XmppClient): Promise<string> {
-    c.send(`<enable xmlns='${SM}' resume='true'/>`);
-    const enabled = await c.expect(`<enabled xmlns='${SM}' id='{any}' resume='true' max='{any}'/>`);
-    return enabled.attrs.id as string;
+    return authenticateToResume(await clients.connect(node, `${user} (new connection)`), user, PASSWORD);
   }
 
   /** Sends messages and waits until the sender's node has routed them (a ping round trip). */

@@ -4,13 +4,12 @@
 // no initial one, and a handover the resuming node never completed does not
 // lose what the holder queued.
 import { expect } from 'chai';
-import type { Element } from 'ltx';
 import { Redis } from 'ioredis';
-import { startCluster, type TestCluster, requireRedis, sleep } from '../helpers/cluster.ts';
+import { readUntil, startCluster, type TestCluster, requireRedis, sleep } from '../helpers/cluster.ts';
 import { available, fetchRoster } from '../helpers/fixtures.ts';
 import { NS_STANZAS, XmppClient } from '../helpers/xmpp-client.ts';
+import { authenticateToResume, drain, enableResume, SM } from '../helpers/smacks.ts';
 
-const SM = 'urn:xmpp:sm:3';
 const PASSWORD = 'smacks-move-pw';
 const USERS = ['alice', 'bob', 'carol', 'dave', 'erin', 'frank', 'grace'];
 /** The server never asks for acks on its own: the tests decide what is acknowledged. */
@@ -68,38 +67,7 @@ describe('cluster: after a stream management resumption on another node', functi
 
   /** A new connection, authenticated as `user` but not bound, ready to resume. */
   async function authenticated(node: number, user: string): Promise<XmppClient> {
-    const c = await connect(node, `${user} (new connection)`);
-    await c.open();
-    await c.startTls();
-    await c.authenticate(user, PASSWORD);
-    return c;
-  }
-
-  async function enableResume(c: XmppClient): Promise<string> {
-    c.send(`<enable xmlns='${SM}' resume='true'/>`);
-    const enabled = await c.expect(`<enabled xmlns='${SM}' id='{any}' resume='true' max='{any}'/>`);
-    return enabled.attrs.id as string;
-  }
-
-  /** Reads elements until one matches `pattern`; fails after `timeoutMs`. */
-  async function waitFor(c: XmppClient, pattern: string, timeoutMs = 5000): Promise<Element> {
-    const deadline = Date.now() + timeoutMs;
-    while (Date.now() < deadline) {
-      const event = await c.next(Math.max(1, deadline - Date.now())).catch(() => null);
-      if (!event) break;
-      if (event.kind === 'element' && c.check(pattern, event.element) === null) return event.element;
-    }
-    throw new Error(`${c.name}: never got ${pattern}\n${c.recentTranscript()}`);
-  }
-
-  /** Everything the server sends until it is quiet for `quietMs` (ack requests left out). */
-  async function drain(c: XmppClient, quietMs = 500): Promise<Element[]> {
-    const out: Element[] = [];
-    for (;;) {
-      const ev = await c.next(quietMs).catch(() => null);
-      if (!ev || ev.kind !== 'element') return out;
-      if (!(ev.element.name === 'r' && ev.element.attrs.xmlns === SM)) out.push(ev.element);
-    }
+    return authenticateToResume(await connect(node, `${user} (new connection)`), user, PASSWORD);
   }
 
   /** Mutual presence subscription between two online clients. */
@@ -111,9 +79,9 @@ describe('cluster: after a stream management resumption on another node', functi
       const xBare = x.jid!.split('/')[0]!;
       const yBare = y.jid!.split('/')[0]!;
       x.send(`<presence to='${yBare}' type='subscribe'/>`);
-      await waitFor(y, `<presence from='${xBare}' type='subscribe'/>`);
+      await readUntil(y, `<presence from='${xBare}' type='subscribe'/>`);
       y.send(`<presence to='${xBare}' type='subscribed'/>`);
-      await waitFor(x, `<presence from='${y.jid}'/>`);
+      await readUntil(x, `<presence from='${y.jid}'/>`);
     }
     await drain(a, 200);
     await drain(b, 200);
@@ -157,7 +125,7 @@ describe('cluster: after a stream management resumption on another node', functi
 
     // Not initial: contacts see the change, and nobody is probed again.
     bob.send(`<presence><show>away</show></presence>`);
-    await waitFor(alice, `<presence from='${full}'><show>away</show></presence>`);
+    await readUntil(alice, `<presence from='${full}'><show>away</show></presence>`);
     const seen = await drain(bob, 700);
     const fromOthers = seen.filter((e) => e.name === 'presence' && e.attrs.from !== full);
     expect(
@@ -166,7 +134,7 @@ describe('cluster: after a stream management resumption on another node', functi
     ).to.deep.equal([]);
 
     bob.send(`<presence type='unavailable'/>`);
-    await waitFor(alice, `<presence from='${full}' type='unavailable'/>`);
+    await readUntil(alice, `<presence from='${full}' type='unavailable'/>`);
   });
 
   it('tells contacts, and whoever got directed presence, when the resumed session ends', async () => {
@@ -176,15 +144,15 @@ describe('cluster: after a stream management resumption on another node', functi
       await subscribe(carol, d);
       // erin is no contact: she only got directed presence.
       d.send(`<presence to='${erin.jid}'/>`);
-      await waitFor(erin, `<presence from='${d.jid}'/>`);
+      await readUntil(erin, `<presence from='${d.jid}'/>`);
     });
     await drain(carol);
     await drain(erin);
 
     // The connection ends without being held for resumption.
     await dave.shutdown();
-    await waitFor(carol, `<presence from='${full}' type='unavailable'/>`);
-    await waitFor(erin, `<presence from='${full}' type='unavailable'/>`);
+    await readUntil(carol, `<presence from='${full}' type='unavailable'/>`);
+    await readUntil(erin, `<presence from='${full}' type='unavailable'/>`);
   });
 
   // Last: it stops node B for a few seconds and cuts its Redis subscription.
@@ -195,7 +163,7 @@ describe('cluster: after a stream management resumption on another node', functi
     const id = await enableResume(r);
     const full = r.jid!;
     grace.send(`<message to='${full}' type='chat' id='m1'><body>m1</body></message>`);
-    await waitFor(r, `<message id='m1'/>`);
+    await readUntil(r, `<message id='m1'/>`);
     // m1 is never acknowledged.
     r.destroy();
     await untilHeld(full);
@@ -225,7 +193,7 @@ describe('cluster: after a stream management resumption on another node', functi
 
     // B gives the move up after 10 s: A never bound the session, so it ends
     // on B as an expired one would.
-    await waitFor(grace, `<presence from='${full}' type='unavailable'/>`, 20_000);
+    await readUntil(grace, `<presence from='${full}' type='unavailable'/>`, 20_000);
     expect(b.output()).to.include('session handover not confirmed');
     // ...and m1 was kept offline.
     await n.bind('laptop');

@@ -1,6 +1,7 @@
 // Starts Chorus cluster nodes as real processes (`node bin/chorus.js start`)
 // sharing one redis-server and one SQLite file, each on its own loopback
 // ports so that a test chooses which node a client connects to.
+import type { Element } from 'ltx';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -223,14 +224,14 @@ export class ClusterClients {
  * Reads every stanza until one matches `pattern` (pushes and presence may
  * come first); fails when none has within `timeoutMs`.
  */
-export async function readUntil(c: XmppClient, pattern: string, timeoutMs = 5000): Promise<void> {
+export async function readUntil(c: XmppClient, pattern: string, timeoutMs = 5000): Promise<Element> {
   const deadline = Date.now() + timeoutMs;
   let last = '';
   while (Date.now() < deadline) {
     const event = await c.next(Math.max(1, deadline - Date.now())).catch(() => null);
     if (!event) break;
     if (event.kind === 'element') {
-      if (c.check(pattern, event.element) === null) return;
+      if (c.check(pattern, event.element) === null) return event.element;
       last = event.element.toString();
     }
   }

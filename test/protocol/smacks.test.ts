@@ -8,8 +8,15 @@ import pino from 'pino';
 import { Server } from '../../src/server.ts';
 import { startTestServer, type TestServer } from '../helpers/server.ts';
 import { NS_STANZAS, NS_STREAM_ERRORS, XmppClient } from '../helpers/xmpp-client.ts';
+import {
+  authenticateToResume,
+  drain,
+  enableResume,
+  isAckRequest,
+  nextElement,
+  SM,
+} from '../helpers/smacks.ts';
 
-const SM = 'urn:xmpp:sm:3';
 const NS_DELAY = 'urn:xmpp:delay';
 const PASSWORD = 'smacks-test-pw';
 const MODULES = 'modules: [disco, ping, roster, presence, offline, smacks]';
@@ -63,13 +70,6 @@ async function login(port: number, user: string, resource: string): Promise<Xmpp
   return c;
 }
 
-/** Enables stream management with resumption; returns the resumption id. */
-async function enableResume(c: XmppClient): Promise<string> {
-  c.send(`<enable xmlns='${SM}' resume='true'/>`);
-  const enabled = await c.expect(`<enabled xmlns='${SM}' id='{any}' resume='true' max='{any}'/>`);
-  return enabled.attrs.id as string;
-}
-
 /** Logs in, sends available presence and enables resumable stream management. */
 async function smLogin(port: number, user: string, resource: string): Promise<{ c: XmppClient; id: string }> {
   const c = await login(port, user, resource);
@@ -86,11 +86,7 @@ async function available(c: XmppClient): Promise<void> {
 
 /** A new connection, authenticated as `user` but not bound, ready to resume. */
 async function authenticated(port: number, user: string): Promise<XmppClient> {
-  const c = await connect(port, `${user} (new connection)`);
-  await c.open();
-  await c.startTls();
-  await c.authenticate(user, PASSWORD);
-  return c;
+  return authenticateToResume(await connect(port, `${user} (new connection)`), user, PASSWORD);
 }
 
 function chat(to: string, id: string, body = id): string {
@@ -105,36 +101,6 @@ async function sendAll(c: XmppClient, to: string, ids: string[]): Promise<void> 
   await c.expect(`<iq type='result' id='${ping}'/>`);
 }
 
-function isAckRequest(e: Element): boolean {
-  return e.name === 'r' && e.attrs.xmlns === SM;
-}
-
-/** The next element that is not an ack request (<r/>), which the caller ignores. */
-async function nextElement(c: XmppClient, timeoutMs = 3000): Promise<Element> {
-  for (;;) {
-    const ev = await c.next(timeoutMs);
-    if (ev.kind !== 'element')
-      throw new Error(`${c.name}: expected an element, got ${ev.kind}\n${c.recentTranscript()}`);
-    if (!isAckRequest(ev.element)) return ev.element;
-  }
-}
-
-/** Everything the server sends until it is quiet for `quietMs` (ack requests left out). */
-async function drain(c: XmppClient, quietMs = 500): Promise<Element[]> {
-  const out: Element[] = [];
-  for (;;) {
-    let ev;
-    try {
-      ev = await c.next(quietMs);
-    } catch {
-      return out;
-    }
-    if (ev.kind !== 'element') return out;
-    if (!isAckRequest(ev.element)) out.push(ev.element);
-  }
-}
-
-/** The ids of the chat messages among `elements`, in order. */
 function messageIds(elements: Element[]): string[] {
   return elements.filter((e) => e.name === 'message').map((e) => e.attrs.id as string);
 }
@@ -155,7 +121,7 @@ function stampOf(message: Element): number {
 async function expectMessages(c: XmppClient, from: string, ids: string[]): Promise<Element[]> {
   const got: Element[] = [];
   for (const id of ids) {
-    const e = await nextElement(c);
+    const e = await nextElement(c, 3000);
     const where = `${c.name} expected message ${id}, got ${e.toString()}`;
     expect(e.name, where).to.equal('message');
     expect(e.attrs.id, where).to.equal(id);
