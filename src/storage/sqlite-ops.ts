@@ -6,6 +6,7 @@
 import type Database from 'better-sqlite3';
 import {
   archiveFor,
+  StatementCache,
   filterClauses,
   findEntry,
   ftsMatch,
@@ -62,7 +63,7 @@ const FTS_CHUNK = 2000;
 
 export class BatchApplier {
   readonly #db: Database.Database;
-  readonly #statements = new Map<string, Database.Statement<SqlParam[]>>();
+  readonly #statements: StatementCache;
   /** (host, store, user) -> oid, for owners known to exist. */
   readonly #owners = new Map<string, number>();
   /** JID -> its number in archive_jid, for JIDs known to be there. */
@@ -78,6 +79,7 @@ export class BatchApplier {
 
   constructor(db: Database.Database) {
     this.#db = db;
+    this.#statements = new StatementCache(db);
     // Calling a transaction function while a transaction is open makes
     // better-sqlite3 use a SAVEPOINT, so one failing write in a batch is rolled
     // back alone instead of taking the whole group down with it.
@@ -91,12 +93,7 @@ export class BatchApplier {
   }
 
   #stmt(sql: string): Database.Statement<SqlParam[]> {
-    let s = this.#statements.get(sql);
-    if (!s) {
-      s = this.#db.prepare<SqlParam[]>(sql);
-      this.#statements.set(sql, s);
-    }
-    return s;
+    return this.#statements.get(sql);
   }
 
   /** The owner id of an archive, created on first use. Only called inside a transaction. */

@@ -301,6 +301,29 @@ function migrate2to3(db: Database.Database, log: MigrationLog): void {
 // ---------------------------------------------------------------------------
 // SQL shared by reader and writer.
 
+/** Prepares each SQL text once per connection and hands out the prepared statement after that. */
+export class StatementCache {
+  readonly #db: Database.Database;
+  readonly #statements = new Map<string, Database.Statement<SqlParam[]>>();
+
+  constructor(db: Database.Database) {
+    this.#db = db;
+  }
+
+  get(sql: string): Database.Statement<SqlParam[]> {
+    let s = this.#statements.get(sql);
+    if (!s) {
+      s = this.#db.prepare<SqlParam[]>(sql);
+      this.#statements.set(sql, s);
+    }
+    return s;
+  }
+
+  clear(): void {
+    this.#statements.clear();
+  }
+}
+
 /** The owner id of (host, store, user), as a scalar subquery taking those three parameters. */
 export const OWNER = '(SELECT oid FROM archive_owner WHERE host = ? AND store = ? AND user = ?)';
 

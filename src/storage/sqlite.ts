@@ -42,6 +42,7 @@ import {
 import { BatchApplier, type Outcome, type WriteOp } from './sqlite-ops.ts';
 import {
   archiveFor,
+  StatementCache,
   filterClauses,
   findEntry,
   ftsMatch,
@@ -261,7 +262,7 @@ export class SqliteDriver implements StorageDriver {
   readonly #db: Database.Database;
   readonly #writer: Writer;
   readonly #groupCommitMs: number;
-  readonly #statements = new Map<string, Database.Statement<SqlParam[]>>();
+  readonly #statements: StatementCache;
   #closed = false;
   #commits = 0;
   #writes = 0;
@@ -291,6 +292,7 @@ export class SqliteDriver implements StorageDriver {
 
   private constructor(db: Database.Database, writer: Writer, opts: SqliteOptions) {
     this.#db = db;
+    this.#statements = new StatementCache(db);
     this.#writer = writer;
     this.#groupCommitMs = opts.groupCommitMs ?? 0;
   }
@@ -335,12 +337,7 @@ export class SqliteDriver implements StorageDriver {
   readonly #getRow: GetRow = (sql, params) => this.#stmt(sql).get(...params);
 
   #stmt(sql: string): Database.Statement<SqlParam[]> {
-    let s = this.#statements.get(sql);
-    if (!s) {
-      s = this.#db.prepare<SqlParam[]>(sql);
-      this.#statements.set(sql, s);
-    }
-    return s;
+    return this.#statements.get(sql);
   }
 
   /**
