@@ -336,3 +336,59 @@ export function failure(error: unknown): Outcome {
   if (typeof e?.code === 'string') out.code = e.code;
   return out;
 }
+
+/**
+ * How the writes of a batch went. A number n stands for n writes that all
+ * succeeded with a null result, the common case, which then costs nothing to
+ * send back.
+ */
+export type PackedOutcomes = Outcome[] | number;
+
+export interface BatchResult {
+  n: number;
+  outcomes: PackedOutcomes;
+  /** With syncText: how catching up the full-text index went. */
+  text?: Outcome;
+}
+
+export function packOutcomes(outcomes: Outcome[]): PackedOutcomes {
+  for (const o of outcomes) if (!o.ok || o.value !== null) return outcomes;
+  return outcomes.length;
+}
+
+export function outcomeAt(packed: PackedOutcomes, i: number): Outcome | undefined {
+  if (typeof packed !== 'number') return packed[i];
+  return i < packed ? { ok: true, value: null } : undefined;
+}
+
+/** Writes the driver sends together, numbered in sending order. */
+export interface WriteBatch {
+  n: number;
+  ops: WriteOp[];
+  syncText?: boolean;
+}
+
+/**
+ * Applies batches in one transaction (see BatchApplier.apply) and says how
+ * each went; catches the full-text index up first for those that ask.
+ */
+export function applyBatches(applier: BatchApplier, batches: WriteBatch[]): BatchResult[] {
+  const ops = batches.length === 1 ? batches[0]!.ops : batches.flatMap((b) => b.ops);
+  const outcomes = applier.apply(ops);
+  let text: Outcome | undefined;
+  if (batches.some((b) => b.syncText)) {
+    try {
+      applier.syncText();
+      text = { ok: true, value: null };
+    } catch (err) {
+      text = failure(err);
+    }
+  }
+  let at = 0;
+  return batches.map((b) => {
+    const mine = outcomes.slice(at, (at += b.ops.length));
+    const result: BatchResult = { n: b.n, outcomes: packOutcomes(mine) };
+    if (b.syncText) result.text = text;
+    return result;
+  });
+}

@@ -6,8 +6,10 @@
 //    at checkpoints) dwarfs the cost of the rows;
 //  - a writer thread (sqlite-writer.ts) with its own connection applies the
 //    batches, so inserts and index upkeep run beside the event loop rather
-//    than in it. One batch is in flight at a time; what is queued meanwhile
-//    goes in the next one, so batches grow with the load.
+//    than in it. Each turn's writes are sent at the end of the turn; the
+//    batches that reach the thread while it commits go in its next
+//    transaction together, so transactions grow with the load while writes
+//    do not wait on this thread (see sqlite-writer.ts for why that matters).
 // Reads run on this thread's connection (WAL lets them run while the writer
 // commits) and wait only for queued writes that could change what they read.
 // An in-memory database cannot be shared between connections: it is written
@@ -39,7 +41,14 @@ import {
   type MapStore,
   type StorageDriver,
 } from './types.ts';
-import { BatchApplier, type Outcome, type WriteOp } from './sqlite-ops.ts';
+import {
+  applyBatches,
+  BatchApplier,
+  outcomeAt,
+  type Outcome,
+  type PackedOutcomes,
+  type WriteOp,
+} from './sqlite-ops.ts';
 import {
   archiveFor,
   StatementCache,
@@ -109,7 +118,7 @@ function rowToItem<T>(row: ArchiveRow): ArchiveItem<T> {
 }
 
 interface BatchReply {
-  outcomes: Outcome[];
+  outcomes: PackedOutcomes;
   text?: Outcome;
   commits: number;
   writes: number;
@@ -129,17 +138,8 @@ class InlineWriter implements Writer {
     this.#applier = new BatchApplier(db);
   }
   async send(ops: WriteOp[], syncText: boolean): Promise<BatchReply> {
-    const outcomes = this.#applier.apply(ops);
-    const reply: BatchReply = { outcomes, commits: this.#applier.commits, writes: this.#applier.writes };
-    if (syncText) {
-      try {
-        this.#applier.syncText();
-        reply.text = { ok: true, value: null };
-      } catch (err) {
-        reply.text = { ok: false, message: String((err as Error)?.message ?? err) };
-      }
-    }
-    return reply;
+    const [result] = applyBatches(this.#applier, [{ n: 0, ops, syncText }]);
+    return { ...result!, commits: this.#applier.commits, writes: this.#applier.writes };
   }
   busy(): void {}
   async close(): Promise<void> {}
@@ -178,9 +178,11 @@ class ThreadWriter implements Writer {
   #exited = false;
   readonly #onMessage = (msg: WriterReply) => {
     if (msg.t === 'done') {
-      const p = this.#pending.get(msg.n);
-      this.#pending.delete(msg.n);
-      p?.resolve(msg);
+      for (const b of msg.batches) {
+        const p = this.#pending.get(b.n);
+        this.#pending.delete(b.n);
+        p?.resolve({ outcomes: b.outcomes, text: b.text, commits: msg.commits, writes: msg.writes });
+      }
     } else if (msg.t === 'failed') {
       this.#fail(new Error(`sqlite writer: ${msg.message}`));
     } else if (msg.t === 'closed') {
@@ -255,6 +257,16 @@ function outcomeError(o: Extract<Outcome, { ok: false }>): Error {
   return err;
 }
 
+/**
+ * Batches sent to the writer and not yet acknowledged, at most. Beyond it,
+ * writes queue here: a writer that cannot keep up then gets fewer, larger
+ * batches.
+ */
+const MAX_IN_FLIGHT = 64;
+
+/** Queued writes that are sent at once, without waiting for the end of the turn. */
+const SEND_AT = 64;
+
 const defaultLog: MigrationLog = (message) => process.stderr.write(`chorus storage (sqlite): ${message}\n`);
 
 export class SqliteDriver implements StorageDriver {
@@ -278,7 +290,8 @@ export class SqliteDriver implements StorageDriver {
   #queueNo = 1;
   /** Cancels the scheduled send; set while one is scheduled. */
   #cancelSend: (() => void) | undefined;
-  #inFlight = false;
+  /** Batches sent and not yet acknowledged. */
+  #inFlight = 0;
   /** Highest acknowledged (committed) batch number. */
   #acked = 0;
   /** Reads waiting for a batch to be acknowledged. */
@@ -364,12 +377,15 @@ export class SqliteDriver implements StorageDriver {
     return new Promise<number | null>((resolve, reject) => {
       this.#queue.push(op);
       this.#queueCallbacks.push({ resolve, reject });
-      this.#schedule();
+      // A busy turn of the event loop (hundreds of messages) sends as it goes:
+      // its first writes would otherwise stay here until it ends.
+      if (this.#queue.length >= SEND_AT && this.#groupCommitMs === 0) this.#send();
+      else this.#schedule();
     });
   }
 
   #schedule(): void {
-    if (this.#cancelSend !== undefined || this.#inFlight) return;
+    if (this.#cancelSend !== undefined || this.#inFlight >= MAX_IN_FLIGHT) return;
     if (this.#groupCommitMs > 0) {
       const t = setTimeout(() => this.#send(), this.#groupCommitMs);
       this.#cancelSend = () => clearTimeout(t);
@@ -379,11 +395,14 @@ export class SqliteDriver implements StorageDriver {
     }
   }
 
-  /** Sends the queued writes as one batch, unless one is in flight (they follow it). */
+  /**
+   * Sends the queued writes as one batch, unless MAX_IN_FLIGHT are already
+   * waiting for their commit (then they follow the next acknowledgement).
+   */
   #send(): void {
     this.#cancelSend?.();
     this.#cancelSend = undefined;
-    if (this.#inFlight) return;
+    if (this.#inFlight >= MAX_IN_FLIGHT) return;
     const syncText = this.#queueTextWaiters.length > 0;
     if (this.#queue.length === 0 && !syncText) return;
     const ops = this.#queue;
@@ -397,10 +416,9 @@ export class SqliteDriver implements StorageDriver {
     this.#queueUsers = [];
     this.#queueStores = [];
     this.#queueTextWaiters = [];
-    this.#inFlight = true;
-    this.#writer.busy(true);
+    if (this.#inFlight++ === 0) this.#writer.busy(true);
     const settle = (reply: BatchReply | undefined, error: unknown) => {
-      this.#inFlight = false;
+      this.#inFlight--;
       this.#acked = n;
       if (reply) {
         this.#commits = reply.commits;
@@ -409,7 +427,7 @@ export class SqliteDriver implements StorageDriver {
       for (const u of users) if (this.#pendingUsers.get(u) === n) this.#pendingUsers.delete(u);
       for (const st of stores) if (this.#pendingStores.get(st) === n) this.#pendingStores.delete(st);
       callbacks.forEach((c, i) => {
-        const o = reply?.outcomes[i];
+        const o = reply && outcomeAt(reply.outcomes, i);
         if (o === undefined) c.reject(error);
         else if (o.ok) c.resolve(o.value);
         else c.reject(outcomeError(o));
@@ -427,9 +445,9 @@ export class SqliteDriver implements StorageDriver {
         else if (reply) w.resolve();
         else w.reject(error);
       }
-      // What queued up meanwhile goes at once: batches grow with the load.
+      // What had to wait for an acknowledgement goes now.
       if (this.#queue.length > 0 || this.#queueTextWaiters.length > 0) this.#send();
-      else this.#writer.busy(false);
+      if (this.#inFlight === 0) this.#writer.busy(false);
     };
     this.#writer.send(ops, syncText).then(
       (reply) => settle(reply, undefined),
@@ -443,7 +461,7 @@ export class SqliteDriver implements StorageDriver {
     return new Promise((resolve, reject) => {
       this.#waiters.push({ n, resolve, reject });
       // A read is waiting: send the queued batch now rather than at the next tick.
-      if (n === this.#queueNo && !this.#inFlight) this.#send();
+      if (n === this.#queueNo) this.#send();
     });
   }
 
@@ -451,7 +469,7 @@ export class SqliteDriver implements StorageDriver {
   #syncText(): Promise<void> {
     return new Promise((resolve, reject) => {
       this.#queueTextWaiters.push({ resolve: () => resolve(), reject });
-      if (!this.#inFlight) this.#send();
+      this.#send();
     });
   }
 

@@ -121,7 +121,10 @@ describe('sqlite driver specifics', function () {
     await d.close();
   });
 
-  it('commits 1,000 concurrent appends in one transaction', async function () {
+  // The driver sends a busy turn's writes 64 at a time; the writer thread
+  // commits together whatever has reached it, so 1,000 appends take a handful
+  // of transactions, never one each.
+  it('commits 1,000 concurrent appends in at most one transaction per 64', async function () {
     const d = SqliteDriver.open(freshPath());
     const a = d.archive<number>('h', 'a');
     const before = d.stats;
@@ -130,7 +133,7 @@ describe('sqlite driver specifics', function () {
     );
     const after = d.stats;
     expect(after.writes - before.writes).to.equal(1000);
-    expect(after.commits - before.commits).to.equal(1);
+    expect(after.commits - before.commits).to.be.within(1, Math.ceil(1000 / 64));
     expect(new Set(ids).size).to.equal(1000);
     expect((await a.find('u')).items.map((i) => i.value)).to.deep.equal(
       Array.from({ length: 1000 }, (_, i) => i),
