@@ -92,13 +92,16 @@ export function installArchiving<O>(ctx: ModuleContext<O>, deps: ArchivingDeps):
   /** Sender entries to write alone if no recipient entry joins them in this tick. */
   let unpaired: SenderEntry[] = [];
 
-  const committed = () => {
-    uncommitted--;
-  };
   const failed = (err: unknown, entries: ArchiveEntry[]): null => {
     ctx.log.error({ err, entries }, 'could not archive a message');
     return null;
   };
+  /**
+   * The writes behind the latest write promise. A store may give several
+   * writes one promise (the SQLite driver does, per batch): they are then
+   * counted and watched together, with one handler instead of one each.
+   */
+  let latest: { written: Promise<void>; count: number; first: ArchiveEntry[] } | undefined;
 
   /** Starts a write; null if the store threw at once. */
   function write(
@@ -119,10 +122,22 @@ export function installArchiving<O>(ctx: ModuleContext<O>, deps: ArchivingDeps):
     const written = write(entries, when, value, text);
     if (written === null) return;
     uncommitted++;
-    written.then(committed, (err: unknown) => {
-      committed();
-      failed(err, entries);
-    });
+    if (latest?.written === written) {
+      latest.count++;
+      return;
+    }
+    const group = { written, count: 1, first: entries };
+    latest = group;
+    written.then(
+      () => {
+        uncommitted -= group.count;
+      },
+      (err: unknown) => {
+        uncommitted -= group.count;
+        if (group.count === 1) failed(err, group.first);
+        else ctx.log.error({ err, messages: group.count, first: group.first }, 'could not archive messages');
+      },
+    );
   }
 
   function writeUnpaired(): void {

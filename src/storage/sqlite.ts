@@ -281,10 +281,16 @@ export class SqliteDriver implements StorageDriver {
 
   // The queue: writes not yet sent, which go as batch number #queueNo.
   #queue: WriteOp[] = [];
-  #queueCallbacks: Queued[] = [];
-  /** Scope keys of the queued writes, to clear from #pendingUsers/#pendingStores once acknowledged. */
-  #queueUsers: string[] = [];
-  #queueStores: string[] = [];
+  /** How to settle each queued write; null for an appendShared, which settles #queueShared. */
+  #queueCallbacks: (Queued | null)[] = [];
+  /**
+   * The one promise of every appendShared in the queue. Archiving a message
+   * is such a write, and a promise (with its callbacks) per message, alive
+   * until the commit, was a good part of what the garbage collector had to
+   * move. One append of a batch cannot fail alone in practice (its rows have
+   * fresh keys); should one, every appendShared of the batch is told.
+   */
+  #queueShared: (Queued & { promise: Promise<void> }) | undefined;
   /** Text reads waiting for the full-text index to catch up along with the queued batch. */
   #queueTextWaiters: Queued[] = [];
   #queueNo = 1;
@@ -296,12 +302,8 @@ export class SqliteDriver implements StorageDriver {
   #acked = 0;
   /** Reads waiting for a batch to be acknowledged. */
   #waiters: { n: number; resolve(): void; reject(e: unknown): void }[] = [];
-  /**
-   * Latest batch holding a write for a scope: a read waits for the
-   * acknowledgement of that batch only when its scope is among them.
-   */
-  readonly #pendingUsers = new Map<string, number>();
-  readonly #pendingStores = new Map<string, number>();
+  /** Per (host, store): which batches hold writes to it, see Scope. */
+  readonly #scopes = new Map<string, Scope>();
 
   private constructor(db: Database.Database, writer: Writer, opts: SqliteOptions) {
     this.#db = db;
@@ -353,35 +355,79 @@ export class SqliteDriver implements StorageDriver {
     return this.#statements.get(sql);
   }
 
+  /** The scope of a (host, store), made on first use and kept (there are few). */
+  #scope(host: string, store: string): Scope {
+    const key = `${host}\u0000${store}`;
+    let scope = this.#scopes.get(key);
+    if (scope === undefined) {
+      scope = { any: 0, whole: 0, users: new Map(), sweepAt: SWEEP_AT };
+      this.#scopes.set(key, scope);
+    }
+    return scope;
+  }
+
   /**
    * Queues a write for the next batch; resolves once that batch has
-   * committed. `userKeys`: the scope(s) whose reads must see it.
+   * committed. `users`: whose reads must see it (null: every user of the store).
    */
-  #write(storeKey: string, userKeys: string | string[], op: WriteOp): Promise<number | null> {
+  #write(scope: Scope, users: string | string[] | null, op: WriteOp): Promise<number | null> {
     try {
       this.#check();
     } catch (err) {
       return Promise.reject(err);
     }
-    if (typeof userKeys === 'string') {
-      this.#pendingUsers.set(userKeys, this.#queueNo);
-      this.#queueUsers.push(userKeys);
-    } else {
-      for (const u of userKeys) {
-        this.#pendingUsers.set(u, this.#queueNo);
-        this.#queueUsers.push(u);
-      }
-    }
-    this.#pendingStores.set(storeKey, this.#queueNo);
-    this.#queueStores.push(storeKey);
+    this.#mark(scope, users);
     return new Promise<number | null>((resolve, reject) => {
-      this.#queue.push(op);
-      this.#queueCallbacks.push({ resolve, reject });
-      // A busy turn of the event loop (hundreds of messages) sends as it goes:
-      // its first writes would otherwise stay here until it ends.
-      if (this.#queue.length >= SEND_AT && this.#groupCommitMs === 0) this.#send();
-      else this.#schedule();
+      this.#enqueue(op, { resolve, reject });
     });
+  }
+
+  /** Queues an appendShared; its promise is the one of every appendShared in this batch. */
+  #writeShared(scope: Scope, users: string[], op: WriteOp): Promise<void> {
+    try {
+      this.#check();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    this.#mark(scope, users);
+    let shared = this.#queueShared;
+    if (shared === undefined) {
+      let settle!: Queued;
+      const promise = new Promise<void>((resolve, reject) => {
+        settle = { resolve: () => resolve(), reject };
+      });
+      shared = this.#queueShared = { ...settle, promise };
+    }
+    this.#enqueue(op, null);
+    return shared.promise;
+  }
+
+  /** Notes that the queued batch writes to these users of the scope. */
+  #mark(scope: Scope, users: string | string[] | null): void {
+    const n = this.#queueNo;
+    scope.any = n;
+    if (users === null) scope.whole = n;
+    else if (typeof users === 'string') scope.users.set(users, n);
+    else for (const u of users) scope.users.set(u, n);
+  }
+
+  /** Drops acknowledged entries from scopes that have grown. */
+  #sweep(): void {
+    for (const scope of this.#scopes.values()) {
+      if (scope.users.size < scope.sweepAt) continue;
+      for (const [user, n] of scope.users) if (n <= this.#acked) scope.users.delete(user);
+      // Users still waiting stay: sweep again only once as many more have come.
+      scope.sweepAt = Math.max(SWEEP_AT, 2 * scope.users.size);
+    }
+  }
+
+  #enqueue(op: WriteOp, callback: Queued | null): void {
+    this.#queue.push(op);
+    this.#queueCallbacks.push(callback);
+    // A busy turn of the event loop (hundreds of messages) sends as it goes:
+    // its first writes would otherwise stay here until it ends.
+    if (this.#queue.length >= SEND_AT && this.#groupCommitMs === 0) this.#send();
+    else this.#schedule();
   }
 
   #schedule(): void {
@@ -407,14 +453,12 @@ export class SqliteDriver implements StorageDriver {
     if (this.#queue.length === 0 && !syncText) return;
     const ops = this.#queue;
     const callbacks = this.#queueCallbacks;
-    const users = this.#queueUsers;
-    const stores = this.#queueStores;
+    const shared = this.#queueShared;
     const textWaiters = this.#queueTextWaiters;
     const n = this.#queueNo++;
     this.#queue = [];
     this.#queueCallbacks = [];
-    this.#queueUsers = [];
-    this.#queueStores = [];
+    this.#queueShared = undefined;
     this.#queueTextWaiters = [];
     if (this.#inFlight++ === 0) this.#writer.busy(true);
     const settle = (reply: BatchReply | undefined, error: unknown) => {
@@ -424,14 +468,24 @@ export class SqliteDriver implements StorageDriver {
         this.#commits = reply.commits;
         this.#writes = reply.writes;
       }
-      for (const u of users) if (this.#pendingUsers.get(u) === n) this.#pendingUsers.delete(u);
-      for (const st of stores) if (this.#pendingStores.get(st) === n) this.#pendingStores.delete(st);
+      this.#sweep();
+      let sharedFailed = false;
+      let sharedFailure: unknown;
       callbacks.forEach((c, i) => {
         const o = reply && outcomeAt(reply.outcomes, i);
-        if (o === undefined) c.reject(error);
-        else if (o.ok) c.resolve(o.value);
-        else c.reject(outcomeError(o));
+        if (o?.ok) {
+          c?.resolve(o.value);
+          return;
+        }
+        const failure = o === undefined ? error : outcomeError(o);
+        if (c !== null) c.reject(failure);
+        else if (!sharedFailed) {
+          sharedFailed = true;
+          sharedFailure = failure;
+        }
       });
+      if (sharedFailed) shared?.reject(sharedFailure);
+      else shared?.resolve(null);
       for (const w of textWaiters) {
         const o = reply?.text;
         if (o === undefined) w.reject(error);
@@ -480,16 +534,16 @@ export class SqliteDriver implements StorageDriver {
    * or every message would cost its own transaction and group commit would be
    * lost on the hot path.
    */
-  async #read<R>(storeKey: string, userKey: string, run: () => R, text = false): Promise<R> {
+  async #read<R>(scope: Scope, user: string | null, run: () => R, text = false): Promise<R> {
     this.#check();
     if (text) {
       await this.#syncText();
     } else {
-      const wholeStore = userKey === storeKey;
-      const n = wholeStore
-        ? (this.#pendingStores.get(storeKey) ?? 0)
-        : // this user's writes, or a queued whole-store write (a retention sweep)
-          Math.max(this.#pendingUsers.get(userKey) ?? 0, this.#pendingUsers.get(storeKey) ?? 0);
+      const n =
+        user === null
+          ? scope.any
+          : // this user's writes, or a queued whole-store write (a retention sweep)
+            Math.max(scope.users.get(user) ?? 0, scope.whole);
       if (n > this.#acked) await this.#waitFor(n);
     }
     this.#check();
@@ -521,9 +575,9 @@ export class SqliteDriver implements StorageDriver {
   // -- keyval --------------------------------------------------------------
 
   keyval<T = JsonValue>(host: string, store: string): KeyValStore<T> {
-    const storeKey = storeKeyOf(host, store);
-    const read = <R>(user: string | null, fn: () => R) => this.#read(storeKey, userKeyOf(storeKey, user), fn);
-    const write = (user: string, op: WriteOp) => this.#write(storeKey, userKeyOf(storeKey, user), op);
+    const scope = this.#scope(host, store);
+    const read = <R>(user: string | null, fn: () => R) => this.#read(scope, user, fn);
+    const write = (user: string, op: WriteOp) => this.#write(scope, user, op);
     const stmt = (sql: string) => this.#stmt(sql);
     return {
       get(user) {
@@ -570,9 +624,9 @@ export class SqliteDriver implements StorageDriver {
   // -- map -----------------------------------------------------------------
 
   map<T = JsonValue>(host: string, store: string): MapStore<T> {
-    const storeKey = storeKeyOf(host, store);
-    const read = <R>(user: string | null, fn: () => R) => this.#read(storeKey, userKeyOf(storeKey, user), fn);
-    const write = (user: string, op: WriteOp) => this.#write(storeKey, userKeyOf(storeKey, user), op);
+    const scope = this.#scope(host, store);
+    const read = <R>(user: string | null, fn: () => R) => this.#read(scope, user, fn);
+    const write = (user: string, op: WriteOp) => this.#write(scope, user, op);
     const stmt = (sql: string) => this.#stmt(sql);
     return {
       get(user, key) {
@@ -702,17 +756,10 @@ export class SqliteDriver implements StorageDriver {
   }
 
   archive<T = JsonValue>(host: string, store: string): ArchiveStore<T> {
-    const storeKey = storeKeyOf(host, store);
-    const read = <R>(user: string | null, fn: () => R, text = false) =>
-      this.#read(storeKey, userKeyOf(storeKey, user), fn, text);
-    const write = (user: string | null, op: WriteOp) => this.#write(storeKey, userKeyOf(storeKey, user), op);
-    // The write resolves to null: as a Promise<void> it spares a promise per item.
-    const writeShared = (users: string[], op: WriteOp) =>
-      this.#write(
-        storeKey,
-        users.map((u) => userKeyOf(storeKey, u)),
-        op,
-      ) as Promise<unknown> as Promise<void>;
+    const scope = this.#scope(host, store);
+    const read = <R>(user: string | null, fn: () => R, text = false) => this.#read(scope, user, fn, text);
+    const write = (user: string | null, op: WriteOp) => this.#write(scope, user, op);
+    const writeShared = (users: string[], op: WriteOp) => this.#writeShared(scope, users, op);
     const stmt = (sql: string) => this.#stmt(sql);
     const getRow = this.#getRow;
     const pageQuery = (user: string, query: ArchiveQuery) => this.#pageQuery(host, store, user, query);
@@ -853,14 +900,21 @@ const SUMMARY_SQL =
   'SELECT jid AS w, n, first, last FROM (SELECT with_id, COUNT(*) AS n, MIN("when") AS first, ' +
   `MAX("when") AS last FROM archive WHERE oid = ${OWNER} GROUP BY with_id) JOIN archive_jid ON jid_id = with_id`;
 
-// What a read or write touches: one user's data in a store, or a whole store
-// (listing users, retention sweeps), which counts as touching every user of
-// the store. Keys are host, store and user joined by NULs.
-
-function storeKeyOf(host: string, store: string): string {
-  return `${host}\u0000${store}`;
+/**
+ * What the queued and unacknowledged writes of one (host, store) touch: a
+ * read waits for the acknowledgement of the latest batch that wrote what it
+ * reads, and only then. Batch numbers, not sets: an entry whose batch is
+ * acknowledged is stale and harmless, and is swept out now and then.
+ */
+interface Scope {
+  /** The latest batch with any write to the store. */
+  any: number;
+  /** The latest batch with a write to the whole store (retention), which every user's reads see. */
+  whole: number;
+  /** Per user, the latest batch with a write to their data. */
+  users: Map<string, number>;
+  /** Size of `users` at which acknowledged entries are swept out. */
+  sweepAt: number;
 }
 
-function userKeyOf(storeKey: string, user: string | null): string {
-  return user === null ? storeKey : `${storeKey}\u0000${user}`;
-}
+const SWEEP_AT = 4096;
