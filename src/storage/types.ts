@@ -120,6 +120,9 @@ export interface ArchiveStore<T = JsonValue> {
    * archives of its sender and its recipient, each entry with its own id and
    * `with`. Ids must be fresh. Cheaper than one append per archive: one write
    * to queue and one value to encode. Resolves once every entry is stored.
+   * A driver may return one promise for several appendShared calls that it
+   * commits together (SQLite does, per batch); that promise then rejects if
+   * any of them failed.
    */
   appendShared(entries: ArchiveEntry[], item: SharedAppend<T>): Promise<void>;
   /** Throws ItemNotFoundError when `before`/`after` names an id the user's archive lacks. */
