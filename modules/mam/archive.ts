@@ -36,6 +36,7 @@ import type { Jid } from '../../src/jid.ts';
 import type { ModuleContext } from '../../src/modules/api.ts';
 import type { StanzaEvent } from '../../src/router/events.ts';
 import { after } from '../../src/events.ts';
+import { serialize } from '../../src/xml/element.ts';
 import { generateArchiveId, type ArchiveEntry, type ArchiveStore } from '../../src/storage/types.ts';
 import { addStanzaId, bodyText, isArchivable, removeChild, stripStanzaIds } from './stanza-id.ts';
 
@@ -155,7 +156,7 @@ export function installArchiving<O>(ctx: ModuleContext<O>, deps: ArchivingDeps):
 
   /** Writes and waits for the commit; the id, or null when the write failed. */
   function writeAndWait(entry: ArchiveEntry, when: number, stanza: Element): Promise<string | null> | null {
-    const written = write([entry], when, stanza.toString(), bodyText(stanza));
+    const written = write([entry], when, serialize(stanza), bodyText(stanza));
     return (
       written?.then(
         () => entry.id,
@@ -194,7 +195,7 @@ export function installArchiving<O>(ctx: ModuleContext<O>, deps: ArchivingDeps):
     const sender: SenderEntry = {
       entry,
       when,
-      value: stanza.toString(),
+      value: serialize(stanza),
       text: bodyText(stanza),
       children: stanza.children.slice(),
       stamp: null,
@@ -224,7 +225,7 @@ export function installArchiving<O>(ctx: ModuleContext<O>, deps: ArchivingDeps):
       sender.written = true;
       writeBehind([sender.entry, entry], when, sender.value, sender.text);
     } else {
-      writeBehind([entry], when, stanza.toString(), bodyText(stanza));
+      writeBehind([entry], when, serialize(stanza), bodyText(stanza));
     }
     return entry.id;
   }

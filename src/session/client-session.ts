@@ -4,6 +4,7 @@
 // object, never the connection behind it.
 import { randomBytes } from 'node:crypto';
 import type { Element } from 'ltx';
+import { serialize } from '../xml/element.ts';
 import type { Logger } from 'pino';
 import type { SessionDirectory } from '../cluster/directory.ts';
 import type { Host } from '../host.ts';
@@ -121,12 +122,12 @@ export class ClientSession implements Session {
     // connection carries the session: that is how stream management queues
     // for a resumption (and why held stanzas are counted only once released).
     for (const listener of this.sendListeners) listener(stanza);
-    this.connection?.write(stanza.toString());
+    this.connection?.write(serialize(stanza));
   }
 
   /** Writes a non-stanza element (stream management acks and the like). */
   sendNonza(element: Element): void {
-    this.connection?.write(element.toString());
+    this.connection?.write(serialize(element));
   }
 
   addSendListener(listener: (stanza: Element) => void): () => void {

@@ -47,6 +47,7 @@ import {
   outcomeAt,
   type Outcome,
   type PackedOutcomes,
+  type SharedAppendOp,
   type WriteOp,
 } from './sqlite-ops.ts';
 import {
@@ -769,25 +770,20 @@ export class SqliteDriver implements StorageDriver {
       caps,
       appendShared(entries: ArchiveEntry[], item: SharedAppend<T>) {
         if (entries.length === 0) return Promise.resolve();
-        const op: WriteOp = {
-          k: 'appendShared',
+        const op: SharedAppendOp = [
+          'appendShared',
           host,
           store,
-          users: [],
-          ids: [],
-          withs: [],
-          bares: [],
-          when: item.when ?? Date.now(),
-          value: encodeItemValue(item.value),
-          text: item.text ?? null,
-        };
+          item.when ?? Date.now(),
+          encodeItemValue(item.value),
+          item.text ?? null,
+        ];
+        const users: string[] = [];
         for (const e of entries) {
-          op.users.push(e.user);
-          op.ids.push(e.id);
-          op.withs.push(e.with);
-          op.bares.push(bareJid(e.with));
+          op.push(e.user, e.id, e.with, bareJid(e.with));
+          users.push(e.user);
         }
-        return writeShared(op.users, op);
+        return writeShared(users, op);
       },
 
       async append(user, item: ArchiveAppend<T>) {

@@ -6,6 +6,7 @@ import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import { Element } from 'ltx';
+import { serialize } from '../xml/element.ts';
 import type { Logger } from 'pino';
 import type { Host } from '../host.ts';
 import { Jid, JidError, prepareLocal, prepareResource } from '../jid.ts';
@@ -148,7 +149,7 @@ export class C2SStream implements StreamInfo, SessionConnection {
   }
 
   private sendElement(element: Element): void {
-    this.write(element.toString());
+    this.write(serialize(element));
   }
 
   // ---- ordered processing with backpressure --------------------------

@@ -91,3 +91,38 @@ const ATTR_ESCAPES: Readonly<Record<string, string>> = {
   '\n': '&#10;',
   '\r': '&#13;',
 };
+
+/**
+ * The XML of an element, as ltx's toString() writes it (attributes in double
+ * quotes) in about half the time: every stanza delivered is serialized, and
+ * ltx hands each piece to a callback and runs an escaping regular expression
+ * over every attribute and text even when there is nothing to escape. Unlike
+ * ltx, tab, LF and CR in attribute values are written as character
+ * references, so that they survive a parser's attribute normalization.
+ */
+export function serialize(element: Element): string {
+  let xml = '<' + element.name;
+  const attrs = element.attrs as Record<string, unknown>;
+  for (const name in attrs) {
+    const value = attrs[name];
+    if (value === null || value === undefined) continue;
+    const text = typeof value === 'string' ? value : String(value);
+    xml += ' ' + name + '="' + escapeXmlAttr(text) + '"';
+  }
+  const children = element.children as unknown[];
+  if (children.length === 0) return xml + '/>';
+  xml += '>';
+  for (const child of children) {
+    if (child === null || child === undefined) continue;
+    if (child instanceof Element) {
+      xml += serialize(child);
+    } else if (typeof child === 'object' && typeof (child as Element).write === 'function') {
+      // An element of another copy of ltx: it serializes itself.
+      xml += String(child);
+    } else {
+      const text = typeof child === 'string' ? child : String(child);
+      xml += escapeXml(text);
+    }
+  }
+  return xml + '</' + element.name + '>';
+}

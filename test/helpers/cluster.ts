@@ -11,7 +11,7 @@ import { Redis } from 'ioredis';
 import { Accounts } from '../../src/storage/accounts.ts';
 import { SqliteDriver } from '../../src/storage/sqlite.ts';
 import { available, fetchRoster } from './fixtures.ts';
-import { freePort, redisMissing, startRedis, type TestRedis } from './redis.ts';
+import { freePorts, redisMissing, startRedis, type TestRedis } from './redis.ts';
 import { XmppClient } from './xmpp-client.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -69,8 +69,7 @@ export async function startCluster(opts: TestClusterOptions): Promise<TestCluste
 
   const nodes: ClusterNode[] = [];
   const startNode = async (id: string): Promise<ClusterNode> => {
-    const port = await freePort();
-    const tlsPort = await freePort();
+    const [port, tlsPort] = (await freePorts(2)) as [number, number];
     const configPath = join(dir, `${id}.yaml`);
     writeFileSync(
       configPath,

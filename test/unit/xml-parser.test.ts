@@ -9,6 +9,7 @@ import {
   firstChildElement,
   getChild,
   getText,
+  serialize,
 } from '../../src/xml/element.ts';
 
 const LIMITS: ParserLimits = { maxStanzaBytes: 16 * 1024, maxDepth: 32, maxAttributes: 64 };
@@ -747,5 +748,31 @@ describe('xml/element helpers', () => {
     expect(r.errors).to.deep.equal([]);
     expect(r.stanzas[0].attrs.a).to.equal(value);
     expect(r.stanzas[0].getChildText('body')).to.equal(text);
+  });
+
+  it('serializes as ltx does, nested elements, escapes and all', () => {
+    const stanzas = [
+      el('presence'),
+      el('message', { to: 'a@b/c', type: 'chat', id: `x"&'<>y` }, el('body', {}, 'a < b & c > d "q" \'s\'')),
+      el(
+        'iq',
+        { type: 'result' },
+        el('query', { xmlns: 'jabber:iq:roster' }, el('item', { jid: 'x@y' }), 'text'),
+      ),
+      parse(HEADER + "<message xmlns:f='urn:f'><f:x a='1'>\u00e9\u{1F600} &amp; more</f:x><body/></message>")
+        .stanzas[0]!,
+    ];
+    const numbered = new Element('item', { n: 7 as unknown as string });
+    numbered.children.push(42 as unknown as string);
+    for (const stanza of [...stanzas, numbered]) expect(serialize(stanza)).to.equal(stanza.toString());
+  });
+
+  it('serializes tab, LF and CR in attribute values so that they survive parsing', () => {
+    const value = 'line one\n\tline two\r';
+    const xml = serialize(el('message', { a: value }, el('body', {}, 'x\ny')));
+    expect(xml).to.equal('<message a="line one&#10;&#9;line two&#13;"><body>x\ny</body></message>');
+    const r = parse(HEADER + xml);
+    expect(r.errors).to.deep.equal([]);
+    expect(r.stanzas[0].attrs.a).to.equal(value);
   });
 });
