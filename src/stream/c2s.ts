@@ -126,12 +126,12 @@ export class C2SStream implements StreamInfo, SessionConnection {
   /** SessionConnection.write: serialized XML for the client. */
   write(data: string): void {
     if (this.state === 'closed' || this.closeSent || this.socket.destroyed) return;
-    if (this.secure && !this.corked) {
-      // Everything written in this turn of the event loop leaves as one TLS
-      // record and one system call (a stream header with its features, a
-      // burst of messages), which is most of the cost of a small write.
-      // Plain-text streams are not corked: STARTTLS replaces the socket
-      // right after <proceed/>, which must not wait in a buffer.
+    if (!this.corked) {
+      // Everything written in this turn of the event loop leaves in one
+      // system call (and one TLS record): a stream header with its features,
+      // a burst of messages to one recipient. A write is mostly its system
+      // call, and each one may wake the client. startTls() flushes
+      // <proceed/> itself before the TLS layer takes the socket over.
       const socket = this.socket;
       this.corked = true;
       socket.cork();
@@ -392,6 +392,11 @@ export class C2SStream implements StreamInfo, SessionConnection {
     this.write(new Element('proceed', { xmlns: NS_TLS }).toString());
     this.state = 'tls-handshake';
     const plain = this.socket;
+    // <proceed/> must be on the wire before TLS wraps the socket.
+    if (this.corked) {
+      this.corked = false;
+      plain.uncork();
+    }
     plain.removeAllListeners('data');
     plain.removeAllListeners('close');
     plain.removeAllListeners('error');
