@@ -2,9 +2,9 @@
 // with no persistence, in its own temporary directory.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { freePorts } from '../cli/helpers.ts';
 
 export interface TestRedis {
   url: string;
@@ -21,34 +21,12 @@ export function redisMissing(): string | null {
     : `${REDIS_SERVER} not found (apt-get install redis-server; .ci/run does)`;
 }
 
+export { freePorts };
+
 /** A port that was free a moment ago. */
 export async function freePort(): Promise<number> {
   const [port] = await freePorts(1);
   return port!;
-}
-
-/**
- * `count` distinct free loopback ports. The probes stay open until all are
- * taken: closed one by one, the kernel may hand the same port out twice.
- */
-export async function freePorts(count: number): Promise<number[]> {
-  const probes: Server[] = [];
-  try {
-    const ports: number[] = [];
-    for (let i = 0; i < count; i++) {
-      const probe = createServer();
-      probes.push(probe);
-      await new Promise<void>((resolve, reject) => {
-        probe.once('error', reject);
-        probe.listen(0, '127.0.0.1', () => resolve());
-      });
-      const address = probe.address();
-      ports.push(typeof address === 'object' && address ? address.port : 0);
-    }
-    return ports;
-  } finally {
-    await Promise.all(probes.map((probe) => new Promise((resolve) => probe.close(resolve))));
-  }
 }
 
 export async function startRedis(): Promise<TestRedis> {
