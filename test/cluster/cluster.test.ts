@@ -2,7 +2,17 @@
 // processes sharing it and one SQLite file. Each client connects to the node
 // a test chooses; what they see must be what one server would show.
 import { expect } from 'chai';
-import { expectNoMessage, readUntil, sleep, subscribe, useCluster } from '../helpers/cluster.ts';
+import { readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import {
+  expectNoMessage,
+  readUntil,
+  requireRedis,
+  sleep,
+  startCluster,
+  subscribe,
+  useCluster,
+} from '../helpers/cluster.ts';
 import { available } from '../helpers/fixtures.ts';
 import { parseConfig } from '../../src/config/index.ts';
 import { freePort } from '../helpers/redis.ts';
@@ -352,17 +362,47 @@ describe('cluster: group chat with occupants on different nodes', function () {
   });
 });
 
+/** The names of the temporary directories starting with `prefix`, sorted. */
+function testDirs(prefix: string): string[] {
+  return readdirSync(tmpdir())
+    .filter((name) => name.startsWith(prefix))
+    .sort();
+}
+
 describe('cluster: configuration and start-up errors', () => {
   it('refuses to start, naming cluster.redis_url and the cause, when Redis cannot be reached', async () => {
     const port = await freePort(); // nothing listens there
+    const serverDirs = () =>
+      testDirs('chorus-test-').filter((name) => !name.startsWith('chorus-test-certs-'));
+    const before = serverDirs();
     let error: Error | null = null;
     await startTestServer({ yaml: `cluster: { redis_url: 'redis://127.0.0.1:${port}' }` }).then(
       (s) => s.stop(),
       (err: Error) => (error = err),
     );
     expect(error, 'the server started without Redis').to.not.equal(null);
+    // The failed start leaves no directory behind (it did, one per failed start).
+    expect(serverDirs()).to.deep.equal(before);
     expect(error!.message).to.include(`cannot reach Redis at redis://127.0.0.1:${port} (cluster.redis_url)`);
     expect(error!.message).to.include('ECONNREFUSED');
+  });
+
+  // A node that fails to start must not leave the test's redis-server and
+  // started nodes running (one did, after a port clash, until this fix).
+  it('cleans up its Redis and nodes when a test cluster fails to start', async function () {
+    requireRedis(this);
+    this.timeout(30_000);
+    const redisDirs = () => testDirs('chorus-test-redis-');
+    const before = redisDirs();
+    let error: Error | null = null;
+    await startCluster({ nodes: 2, modules: ['no-such-module'] }).then(
+      (cluster) => cluster.stop(),
+      (err: Error) => (error = err),
+    );
+    expect(error, 'the cluster started with an unknown module').to.not.equal(null);
+    expect(error!.message).to.include('no-such-module');
+    // The Redis helper removes its directory only once redis-server has exited.
+    expect(redisDirs()).to.deep.equal(before);
   });
 
   it('rejects more than one worker without a Redis URL, naming the option', () => {

@@ -96,7 +96,7 @@ export async function startCluster(opts: TestClusterOptions): Promise<TestCluste
     child.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
     child.stderr!.on('data', (chunk: Buffer) => (output += chunk.toString()));
     const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-    await new Promise<void>((resolveReady, reject) => {
+    const ready = new Promise<void>((resolveReady, reject) => {
       const timer = setTimeout(() => reject(new Error(`node ${id} did not start:\n${output}`)), 30_000);
       const check = () => {
         if (output.includes('Chorus is ready')) {
@@ -111,6 +111,16 @@ export async function startCluster(opts: TestClusterOptions): Promise<TestCluste
         reject(new Error(`node ${id} exited with ${code} while starting:\n${output}`));
       });
     });
+    try {
+      await ready;
+    } catch (err) {
+      // A node that never got ready is not in `nodes`: stop it here.
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill('SIGKILL');
+        await exited;
+      }
+      throw err;
+    }
     const node: ClusterNode = {
       id,
       port,
@@ -128,23 +138,21 @@ export async function startCluster(opts: TestClusterOptions): Promise<TestCluste
     return node;
   };
 
-  // One after the other: the first generates the certificate the others reuse.
-  for (let i = 0; i < opts.nodes; i++) await startNode(String.fromCharCode(97 + i));
-
-  return {
-    redis,
-    dir,
-    domain,
-    nodes,
-    heartbeatMs,
-    nodeTtlMs,
-    startNode,
-    async stop() {
-      await Promise.all(nodes.map((n) => n.kill('SIGTERM')));
-      await redis.stop();
-      rmSync(dir, { recursive: true, force: true });
-    },
+  const stop = async () => {
+    await Promise.all(nodes.map((n) => n.kill('SIGTERM')));
+    await redis.stop();
+    rmSync(dir, { recursive: true, force: true });
   };
+  try {
+    // One after the other: the first generates the certificate the others reuse.
+    for (let i = 0; i < opts.nodes; i++) await startNode(String.fromCharCode(97 + i));
+  } catch (err) {
+    // Nobody gets the cluster to stop: what did start goes now.
+    await stop();
+    throw err;
+  }
+
+  return { redis, dir, domain, nodes, heartbeatMs, nodeTtlMs, startNode, stop };
 }
 
 /**

@@ -61,7 +61,12 @@ export async function startTestServer(opts: TestServerOptions = {}): Promise<Tes
   config.limits.bytes_per_second = opts.bytesPerSecond ?? 0;
   const log = pino({ level: opts.logLevel ?? process.env.CHORUS_TEST_LOG ?? 'silent' });
   const server = new Server(config, { log, storage: opts.sqlite ? undefined : new MemoryDriver() });
-  await server.start();
+  try {
+    await server.start();
+  } catch (err) {
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
   const [starttls, direct] = server.listeners;
   return {
     server,
