@@ -389,7 +389,7 @@ export class C2SStream implements StreamInfo, SessionConnection {
 
   private startTls(): void {
     if (!this.canStartTls()) throw new StreamError('policy-violation', 'TLS is already active');
-    this.write(new Element('proceed', { xmlns: NS_TLS }).toString());
+    this.sendElement(new Element('proceed', { xmlns: NS_TLS }));
     this.state = 'tls-handshake';
     const plain = this.socket;
     // <proceed/> must be on the wire before TLS wraps the socket.
@@ -550,7 +550,7 @@ export class C2SStream implements StreamInfo, SessionConnection {
   private saslDone(step: SaslStep): void {
     if (this.closing) return;
     if (step.kind === 'challenge') {
-      this.write(new Element('challenge', { xmlns: NS_SASL }).t(step.data.toString('base64')).toString());
+      this.sendElement(new Element('challenge', { xmlns: NS_SASL }).t(step.data.toString('base64')));
       return;
     }
     this.sasl = null;
@@ -566,7 +566,7 @@ export class C2SStream implements StreamInfo, SessionConnection {
     this.username = safePrep(step.username);
     const success = new Element('success', { xmlns: NS_SASL });
     if (step.data) success.t(step.data.length ? step.data.toString('base64') : '=');
-    this.write(success.toString());
+    this.sendElement(success);
     this.log.info({ user: `${this.username}@${this.host}` }, 'authenticated');
     // RFC 6120 6.4.6: the stream restarts; the authenticated limits apply now.
     this.state = 'bind';
@@ -584,7 +584,7 @@ export class C2SStream implements StreamInfo, SessionConnection {
     const failure = new Element('failure', { xmlns: NS_SASL });
     failure.c(condition);
     if (text) failure.c('text', { 'xml:lang': 'en' }).t(text);
-    this.write(failure.toString());
+    this.sendElement(failure);
   }
 
   private handlePreAuthIq(iq: Element): void | Promise<void> {
@@ -727,7 +727,7 @@ export class C2SStream implements StreamInfo, SessionConnection {
     if (condition) {
       if (!this.headerSent && this.state !== 'tls-handshake') this.sendHeader(undefined);
       this.log.info({ condition, text }, 'closing stream with an error');
-      this.write(streamErrorElement(condition, text).toString());
+      this.sendElement(streamErrorElement(condition, text));
     }
     if (this.state !== 'tls-handshake') this.write('</stream:stream>');
     // Nothing may follow the closing tag; stanzas still routed to the session
