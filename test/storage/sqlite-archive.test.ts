@@ -25,8 +25,8 @@ runStorageConformance('sqlite (inline writer)', async () =>
   SqliteDriver.open(freshPath(), { writer: 'inline' }),
 );
 
-/** The schema Chorus created before schema 2, as it was. */
-const SCHEMA_1 = `
+/** The keyval and map tables of schemas 1 and 2, as they were. */
+const OLD_STORES = `
 CREATE TABLE keyval (
   host TEXT NOT NULL, store TEXT NOT NULL, user TEXT NOT NULL, value TEXT NOT NULL,
   PRIMARY KEY (host, store, user)
@@ -35,6 +35,10 @@ CREATE TABLE map (
   host TEXT NOT NULL, store TEXT NOT NULL, user TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
   PRIMARY KEY (host, store, user, key)
 ) WITHOUT ROWID;
+`;
+
+/** The schema Chorus created before schema 2, as it was. */
+const SCHEMA_1 = `${OLD_STORES}
 CREATE TABLE archive (
   seq INTEGER PRIMARY KEY,
   host TEXT NOT NULL, store TEXT NOT NULL, user TEXT NOT NULL,
@@ -65,15 +69,7 @@ END;
 `;
 
 /** The schema Chorus created before schema 3, as it was. */
-const SCHEMA_2 = `
-CREATE TABLE keyval (
-  host TEXT NOT NULL, store TEXT NOT NULL, user TEXT NOT NULL, value TEXT NOT NULL,
-  PRIMARY KEY (host, store, user)
-) WITHOUT ROWID;
-CREATE TABLE map (
-  host TEXT NOT NULL, store TEXT NOT NULL, user TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
-  PRIMARY KEY (host, store, user, key)
-) WITHOUT ROWID;
+const SCHEMA_2 = `${OLD_STORES}
 CREATE TABLE archive_owner (
   oid INTEGER PRIMARY KEY,
   host TEXT NOT NULL, store TEXT NOT NULL, user TEXT NOT NULL,
