@@ -139,6 +139,8 @@ const mongoDatabaseError = 'must be a MongoDB database name (1 to 63 characters,
 const storageSchema = section({
   driver: oneOf(['sqlite', 'memory', 'mongodb']).prefault('sqlite'),
   path: nonEmptyString('a file path').prefault('data/chorus.sqlite'),
+  /** sqlite only: the writer thread's nice value (SqliteOptions.writerNice). */
+  writer_nice: intBetween(0, 19).prefault(10),
   /** mongodb only: the connection string; required with that driver. */
   url: z
     .string({ error: mongoUrlError })

@@ -18,6 +18,8 @@ export interface StorageConfig {
   path?: string;
   /** sqlite only: how long writes may wait to be grouped into one transaction. */
   groupCommitMs?: number;
+  /** sqlite only: the writer thread's nice value, 0-19 (SqliteOptions.writerNice). */
+  writer_nice?: number;
   /** mongodb only: the connection string (mongodb:// or mongodb+srv://). */
   url?: string | undefined;
   /** mongodb only: the database; default is the one named in `url`, else 'chorus'. */
@@ -37,6 +39,7 @@ export function openStorage(config: StorageConfig, log?: (message: string) => vo
       if (!config.path) throw new Error('storage driver "sqlite" needs a path');
       return SqliteDriver.open(config.path, {
         ...(config.groupCommitMs !== undefined ? { groupCommitMs: config.groupCommitMs } : {}),
+        ...(config.writer_nice !== undefined ? { writerNice: config.writer_nice } : {}),
         // Schema migrations report their progress here.
         ...(log ? { log } : {}),
       });

@@ -12,6 +12,7 @@
 //
 // Protocol: plain objects through postMessage, see WriterRequest and WriterReply.
 
+import { setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import Database from 'better-sqlite3';
 import { applyBatches, BatchApplier, type BatchResult, type WriteBatch } from './sqlite-ops.ts';
@@ -20,6 +21,20 @@ export interface WriterData {
   path: string;
   /** Idle time (ms) after which the full-text index is caught up in the background. */
   ftsIdleMs: number;
+  /** The thread's nice value (0-19): see lowerThreadPriority. */
+  nice: number;
+}
+
+/**
+ * Gives the calling thread a lower CPU priority (a higher nice value), so
+ * that where cores are short the thread that routes messages goes first and
+ * the writer catches up in larger transactions. Only on Linux, where a nice
+ * value belongs to a thread: elsewhere setpriority() would lower the whole
+ * process. Raising it again needs privileges, so a thread reused at a lower
+ * priority stays there: the error is the caller's to report.
+ */
+export function lowerThreadPriority(nice: number): void {
+  if (process.platform === 'linux') setPriority(nice);
 }
 
 // A thread serves one database at a time, from 'open' to 'close'; the driver
@@ -28,7 +43,7 @@ export interface WriterData {
 export type WriterRequest = ({ t: 'open' } & WriterData) | ({ t: 'batch' } & WriteBatch) | { t: 'close' };
 
 export type WriterReply =
-  | { t: 'opened' }
+  | { t: 'opened'; warning?: string }
   | { t: 'closed' }
   | { t: 'done'; batches: BatchResult[]; commits: number; writes: number }
   | { t: 'failed'; message: string };
@@ -95,8 +110,14 @@ if (parentPort && (workerData as { sqliteWriter?: boolean } | undefined)?.sqlite
       try {
         db = openWriterConnection(msg.path);
         applier = new BatchApplier(db);
+        let warning: string | undefined;
+        try {
+          lowerThreadPriority(msg.nice);
+        } catch (err) {
+          warning = `could not set the writer thread's nice value to ${msg.nice}: ${err instanceof Error ? err.message : String(err)}`;
+        }
         ftsIdleMs = msg.ftsIdleMs;
-        port.postMessage({ t: 'opened' } satisfies WriterReply);
+        port.postMessage((warning ? { t: 'opened', warning } : { t: 'opened' }) satisfies WriterReply);
       } catch (err) {
         db = applier = undefined;
         port.postMessage({ t: 'failed', message: String(err) } satisfies WriterReply);

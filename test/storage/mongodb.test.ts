@@ -72,7 +72,7 @@ describe('mongodb storage config', function () {
 
   it('leaves the sqlite defaults alone', function () {
     const c = parseConfig('', { env: {}, cwd: '/srv' });
-    expect(c.storage).to.deep.equal({ driver: 'sqlite', path: '/srv/data/chorus.sqlite' });
+    expect(c.storage).to.deep.equal({ driver: 'sqlite', path: '/srv/data/chorus.sqlite', writer_nice: 10 });
   });
 });
 

@@ -2,7 +2,7 @@
 // thread, the full-text index filled after the fact, the plans of every
 // archive statement, items shared by several archives, ids that carry their
 // time, and the migrations from schemas 1 and 2.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
@@ -132,6 +132,30 @@ describe('sqlite archive', function () {
     expect(raw.prepare('SELECT id FROM archive').all()).to.deep.equal([{ id }]);
     raw.close();
     await d.close();
+  });
+
+  it('runs the writer thread at the configured nice value, and the rest of the server at its own', async function () {
+    if (process.platform !== 'linux') this.skip(); // thread nice values are Linux's (SqliteOptions.writerNice)
+    /** The nice value (field 19 of /proc/<pid>/task/<tid>/stat) of each thread of this process. */
+    const niceOfThreads = () =>
+      readdirSync('/proc/self/task').map((tid) => {
+        const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+        return { tid: Number(tid), nice: Number(fields[16]) };
+      });
+    const mainNice = niceOfThreads().find((t) => t.tid === process.pid)!.nice;
+    // A value no other test uses, so a thread reused from another driver cannot pass for this one.
+    const d = SqliteDriver.open(freshPath(), { writerNice: 17 });
+    await d.archive<number>('h', 'a').append('u', { with: 'x@y', value: 1 });
+    const threads = niceOfThreads();
+    expect(threads.filter((t) => t.nice === 17)).to.have.length(1);
+    expect(threads.find((t) => t.tid === process.pid)!.nice).to.equal(mainNice);
+    await d.close();
+    expect(() => SqliteDriver.open(freshPath(), { writerNice: 20 })).to.throw(
+      RangeError,
+      'writerNice must be an integer from 0 to 19, got 20',
+    );
   });
 
   it('lets a caller know a fresh id before the append completes, and sees it from an immediate read', async function () {

@@ -49,7 +49,7 @@ function expectedDefaults(cwd: string): ChorusConfig {
       { type: 'c2s', port: 5222, address: '::', tls: 'starttls', starttls_required: true },
       { type: 'c2s', port: 5223, address: '::', tls: 'direct', starttls_required: true },
     ],
-    storage: { driver: 'sqlite', path: path.join(cwd, 'data/chorus.sqlite') },
+    storage: { driver: 'sqlite', path: path.join(cwd, 'data/chorus.sqlite'), writer_nice: 10 },
     certs: { dir: path.join(cwd, 'certs') },
     auth: {
       scram_iterations: 4096,
@@ -256,6 +256,13 @@ describe('config', () => {
       );
     });
 
+    it('writer_nice out of range', () => {
+      const yaml = ['storage:', '  writer_nice: 20'].join('\n');
+      expect(parseError(yaml).message).to.equal(
+        `${FILE}:2:16: storage.writer_nice must be an integer from 0 to 19, got 20`,
+      );
+    });
+
     it('a missing required value points at its mapping', () => {
       const err = parseError('listeners:\n  - address: 127.0.0.1\n');
       expect(err.message).to.equal(
@@ -368,11 +375,16 @@ describe('config', () => {
           CHORUS_MODULE_OPTIONS__REGISTER__ALLOW_REGISTRATION: 'true',
           CHORUS_MODULES: '[disco, ping]',
           CHORUS_STORAGE__PATH: 'x: y # not YAML here',
+          CHORUS_STORAGE__WRITER_NICE: '5',
           OTHER: 'ignored',
         },
         cwd: '/srv',
       });
-      expect(config.storage).to.deep.equal({ driver: 'memory', path: '/srv/x: y # not YAML here' });
+      expect(config.storage).to.deep.equal({
+        driver: 'memory',
+        path: '/srv/x: y # not YAML here',
+        writer_nice: 5,
+      });
       expect(config.log.level).to.equal('debug');
       expect(config.listeners[0]!.port).to.equal(15222);
       expect(config.listeners[1]!.starttls_required).to.equal(false);
