@@ -7,7 +7,13 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startChorus, type ChorusProcess } from './chorus.ts';
 import { fmt, formatTable, writeResult } from './report.ts';
-import { runScenario, type BenchOptions, type ScenarioName, type ScenarioResult } from './scenarios.ts';
+import {
+  forgetRegisteredAccounts,
+  runScenario,
+  type BenchOptions,
+  type ScenarioName,
+  type ScenarioResult,
+} from './scenarios.ts';
 
 const ANCHORS = fileURLToPath(new URL('../../shared/anchors/anchors.sh', import.meta.url));
 const ANCHOR_STATE = process.env.ANCHORS_DIR ?? '/tmp/xmpp-anchors';
@@ -151,7 +157,9 @@ export function comparisonTable(results: ScenarioResult[], servers: string[]): s
         }
         if (clusterToo) {
           const k = value('chorus-cluster');
-          row.push(typeof k === 'number' && typeof c === 'number' && c !== 0 ? `${(k / c).toFixed(2)}x` : '-');
+          row.push(
+            typeof k === 'number' && typeof c === 'number' && c !== 0 ? `${(k / c).toFixed(2)}x` : '-',
+          );
         }
       }
       rows.push(row);
@@ -160,7 +168,16 @@ export function comparisonTable(results: ScenarioResult[], servers: string[]): s
   return formatTable(rows);
 }
 
-export async function compare(c: CompareOptions): Promise<void> {
+interface ServerRuns {
+  results: ScenarioResult[];
+  failures: string[];
+  chorusModules: string[];
+}
+
+/** Starts the servers, runs the scenarios on each and stops them again. */
+async function runOnServers(c: CompareOptions): Promise<ServerRuns> {
+  // Every server starts here with empty storage.
+  forgetRegisteredAccounts();
   const wantAnchors = c.servers.some((s) => s !== 'chorus' && s !== 'chorus-cluster');
   let chorus: ChorusProcess | null = null;
   let chorusCluster: ChorusProcess | null = null;
@@ -189,7 +206,9 @@ export async function compare(c: CompareOptions): Promise<void> {
     }
     if (c.servers.includes('chorus-cluster')) {
       const port = c.chorusPort + 1;
-      process.stderr.write(`starting Chorus with ${c.clusterWorkers} workers and Redis on 127.0.0.1:${port}\n`);
+      process.stderr.write(
+        `starting Chorus with ${c.clusterWorkers} workers and Redis on 127.0.0.1:${port}\n`,
+      );
       chorusCluster = await startChorus({
         port,
         storage: c.chorusStorage,
@@ -255,15 +274,110 @@ export async function compare(c: CompareOptions): Promise<void> {
       }
     }
   }
-  const servers = ['chorus', 'chorus-cluster', 'prosody', 'ejabberd'].filter((s) => c.servers.includes(s));
-  const table = comparisonTable(results, servers);
+  return { results, failures, chorusModules: chorusModuleList };
+}
+
+function serversInOrder(c: CompareOptions): string[] {
+  return ['chorus', 'chorus-cluster', 'prosody', 'ejabberd'].filter((s) => c.servers.includes(s));
+}
+
+function printFooter(chorusModules: string[], failures: string[], file: string): void {
+  if (chorusModules.length) process.stdout.write(`\nChorus modules: ${chorusModules.join(', ')}\n`);
+  if (failures.length) process.stdout.write(`\nfailures:\n  ${failures.join('\n  ')}\n`);
+  process.stdout.write(`\nresults: ${file}\n`);
+}
+
+export async function compare(c: CompareOptions): Promise<void> {
+  const { results, failures, chorusModules } = await runOnServers(c);
+  const table = comparisonTable(results, serversInOrder(c));
   const file = writeResult(
-    { compare: true, options: c, chorusModules: chorusModuleList, results, failures, table },
+    { compare: true, options: c, chorusModules, results, failures, table },
     'all',
     'compare',
   );
   process.stdout.write(`\n${table}\n`);
-  if (chorusModuleList.length) process.stdout.write(`\nChorus modules: ${chorusModuleList.join(', ')}\n`);
-  if (failures.length) process.stdout.write(`\nfailures:\n  ${failures.join('\n  ')}\n`);
-  process.stdout.write(`\nresults: ${file}\n`);
+  printFooter(chorusModules, failures, file);
+}
+
+/** Throughput of one server in one round, archiving off and on. */
+export interface MamRound {
+  off: number | null;
+  on: number | null;
+}
+
+export function median(values: number[]): number | null {
+  if (values.length === 0) return null;
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+/**
+ * One row per server: each round's rates with archiving off and on and their
+ * ratio, then the median of the rounds' ratios. A round whose off or on run
+ * failed has no ratio and does not count towards the median.
+ */
+export function mamRatioTable(rounds: Map<string, MamRound[]>): string {
+  const n = Math.max(0, ...[...rounds.values()].map((r) => r.length));
+  const header = ['server'];
+  for (let i = 1; i <= n; i++) header.push(`round ${i} off -> on msg/s`, `ratio ${i}`);
+  header.push('median ratio');
+  const rows = [header];
+  const pct = (x: number | null) => (x === null ? '-' : `${(100 * x).toFixed(0)}%`);
+  for (const [server, list] of rounds) {
+    const row = [server];
+    const ratios: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const r = list[i];
+      const ratio = r && r.off !== null && r.on !== null && r.off > 0 ? r.on / r.off : null;
+      if (ratio !== null) ratios.push(ratio);
+      row.push(r ? `${fmt(r.off)} -> ${fmt(r.on)}` : '-', pct(ratio));
+    }
+    row.push(pct(median(ratios)));
+    rows.push(row);
+  }
+  return formatTable(rows);
+}
+
+/**
+ * --mam-ratio: throughput with archiving off and on, `rounds` times on each
+ * server, reporting each round's ratio and their median. This host's noise
+ * moved single runs of the same build by a factor of two within minutes, so
+ * one off run and one on run cannot tell a ratio apart from the noise; the
+ * order within a round alternates (off first, then on first) so that a trend
+ * in the host's load does not favour either side.
+ */
+export async function mamRatio(c: CompareOptions, rounds: number): Promise<void> {
+  if (rounds < 1) throw new Error('--mam-ratio needs at least 1 round');
+  const servers = serversInOrder(c);
+  const table = new Map<string, MamRound[]>(servers.map((s) => [s, []]));
+  const runs: { round: number; mam: boolean; results: ScenarioResult[] }[] = [];
+  const failures: string[] = [];
+  let chorusModules: string[] = [];
+  for (let round = 1; round <= rounds; round++) {
+    const order = round % 2 === 1 ? [false, true] : [true, false];
+    for (const server of servers) table.get(server)!.push({ off: null, on: null });
+    for (const mam of order) {
+      process.stderr.write(`\n=== round ${round} of ${rounds}: archiving ${mam ? 'on' : 'off'}\n`);
+      // The reference servers restart for every run: archiving is switched by how they start.
+      const out = await runOnServers({ ...c, mam, scenarios: ['throughput'], keepAnchors: false });
+      runs.push({ round, mam, results: out.results });
+      failures.push(...out.failures.map((f) => `round ${round}, archiving ${mam ? 'on' : 'off'}: ${f}`));
+      if (mam) chorusModules = out.chorusModules;
+      for (const r of out.results) {
+        const rate = r.metrics.msgs_per_s;
+        const slot = table.get(r.server)?.[round - 1];
+        if (slot && typeof rate === 'number') slot[mam ? 'on' : 'off'] = rate;
+      }
+      process.stderr.write(`\n${mamRatioTable(table)}\n`);
+    }
+  }
+  const text = mamRatioTable(table);
+  const file = writeResult(
+    { mamRatio: true, rounds, options: c, chorusModules, runs, failures, table: text },
+    'all',
+    'mam-ratio',
+  );
+  process.stdout.write(`\nthroughput with archiving on / off\n${text}\n`);
+  printFooter(chorusModules, failures, file);
 }

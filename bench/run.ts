@@ -3,7 +3,7 @@
 //   npm run bench -- --port 5342 --pid 1234 --scenario throughput [--users 200] ...
 //   npm run bench -- --compare [--scenarios throughput,latency] [--quick]
 import { parseArgs } from 'node:util';
-import { compare } from './compare.ts';
+import { compare, mamRatio, type CompareOptions } from './compare.ts';
 import { resultTable, writeResult } from './report.ts';
 import {
   SCENARIO_ALIASES,
@@ -24,6 +24,9 @@ const USAGE = `usage:
                    [--users 200] [--idle-users 10000] [--chorus-port 5342]
                    [--chorus-storage sqlite|memory] [--servers chorus,chorus-cluster,prosody,ejabberd] [--cluster-workers N] [--pin-servers CPUS] [--keep-anchors]
                    [--mam] [--chorus-modules a,b,c]
+  npm run bench -- --mam-ratio ROUNDS [the --compare options but --scenarios and --mam]
+                   throughput with archiving off and on, ROUNDS times per server, and the
+                   median of the rounds' ratios
 scenarios: ${SCENARIOS.join(', ')} (muc = muc-fanout)`;
 
 function int(v: string | undefined, def: number, name: string): number {
@@ -68,6 +71,7 @@ async function main(): Promise<void> {
       servers: { type: 'string' },
       'keep-anchors': { type: 'boolean' },
       mam: { type: 'boolean' },
+      'mam-ratio': { type: 'string' },
       'chorus-modules': { type: 'string' },
       occupants: { type: 'string' },
       senders: { type: 'string' },
@@ -108,9 +112,9 @@ async function main(): Promise<void> {
     joinParallel: int(values['join-parallel'], 16, 'join-parallel'),
   };
 
-  if (values.compare) {
+  if (values.compare || values['mam-ratio'] !== undefined) {
     const scenarios = (values.scenarios ?? SCENARIOS.join(',')).split(',').filter(Boolean).map(scenarioName);
-    await compare({
+    const options: CompareOptions = {
       scenarios,
       base,
       idleUsers: int(values['idle-users'], quick ? 500 : 10000, 'idle-users'),
@@ -122,7 +126,9 @@ async function main(): Promise<void> {
       chorusModules: values['chorus-modules']?.split(',').filter(Boolean),
       clusterWorkers: int(values['cluster-workers'], 2, 'cluster-workers'),
       pinServers: values['pin-servers'],
-    });
+    };
+    if (values['mam-ratio'] !== undefined) await mamRatio(options, int(values['mam-ratio'], 3, 'mam-ratio'));
+    else await compare(options);
     return;
   }
 

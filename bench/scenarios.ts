@@ -124,7 +124,13 @@ class Window {
   }
 }
 
+/** Accounts known to exist, per server and prefix: later scenarios on the same server skip registering them. */
 const registered = new Map<string, number>();
+
+/** Forgets which accounts exist: for servers started again with empty storage. */
+export function forgetRegisteredAccounts(): void {
+  registered.clear();
+}
 
 interface AccountsReport {
   created: number;
