@@ -84,6 +84,7 @@
 // #conversation properties, pushing reset state to the user's other
 // resources, and removing the inbox when an account is deleted.
 import { Element, parse } from 'ltx';
+import { serialize } from '../src/xml/element.ts';
 import { z } from 'zod';
 import { defineModule } from '../src/modules/api.ts';
 import type { IqEvent, StanzaEvent } from '../src/router/events.ts';
@@ -324,10 +325,11 @@ export default defineModule({
       return claimed !== undefined && ctx.accountFeatures().includes(NS_MAM) ? claimed : undefined;
     }
 
-    function serialize(message: Element): string {
+    /** The message as stored: in the client namespace, whatever stream it came on. */
+    function storedForm(message: Element): string {
       const copy = cloneElement(message);
       copy.attrs.xmlns = NS_CLIENT;
-      return copy.toString();
+      return serialize(copy);
     }
 
     function update(user: string, contact: string, change: (old: InboxEntry | null) => InboxEntry | null) {
@@ -363,7 +365,7 @@ export default defineModule({
           id: stanzaId(stanza, userBare) ?? own ?? '',
           unread: 0,
           unreadIds: [],
-          stanza: serialize(stanza),
+          stanza: storedForm(stanza),
         });
         return false;
       }
@@ -399,7 +401,7 @@ export default defineModule({
       const ts = Date.now();
       const own = stanza.attrs.id as string | undefined;
       const sid = stanzaId(stanza, userBare);
-      const xml = serialize(stanza);
+      const xml = storedForm(stanza);
       void queue
         .run(user, async () => {
           // The core routes messages to unknown local users too (and bounces them).

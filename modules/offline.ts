@@ -23,6 +23,7 @@
 // the stored ones are on their way may overtake them; the delay stamps tell
 // the client their real order.
 import { Element, parse } from 'ltx';
+import { serialize } from '../src/xml/element.ts';
 import { z } from 'zod';
 import { defineModule } from '../src/modules/api.ts';
 import type { Session } from '../src/session/session.ts';
@@ -92,7 +93,7 @@ export default defineModule({
 
     const store = (user: string, stanza: Element): Promise<StoreOutcome> => {
       if (isStorable(stanza) !== 'store') return Promise.resolve('skipped');
-      const xml = stanza.toString();
+      const xml = serialize(stanza);
       return queue.run(user, async () => {
         if ((await archive.count(user)) >= max) return 'full';
         await archive.append(user, { with: stanza.attrs.from ?? '', value: xml });

@@ -19,6 +19,7 @@
 //    type 'wait', which tells a client to retry the same request, and that
 //    can never succeed.
 import { Element, parse } from 'ltx';
+import { serialize } from '../src/xml/element.ts';
 import { z } from 'zod';
 import { defineModule } from '../src/modules/api.ts';
 import type { IqEvent } from '../src/router/events.ts';
@@ -146,7 +147,7 @@ export default defineModule({
             ev.error('bad-request', { text: `<${child.getName()}/> in ${child.getNS()} is given twice` });
             return true;
           }
-          writes.set(key, isEmpty(child) ? null : detachedCopy(child).toString());
+          writes.set(key, isEmpty(child) ? null : serialize(detachedCopy(child)));
         }
         const user = ev.from.local;
         return queue.run(user, async () => {

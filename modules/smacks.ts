@@ -33,6 +33,7 @@
 // come after stanzas sent later on the direct route.
 import { randomBytes } from 'node:crypto';
 import { Element, parse } from 'ltx';
+import { serialize } from '../src/xml/element.ts';
 import { z } from 'zod';
 import { RemoteSession } from '../src/cluster/remote-session.ts';
 import { Jid } from '../src/jid.ts';
@@ -497,9 +498,9 @@ export default defineModule({
         max: st.maxSeconds,
         available: session.available,
         priority: session.priority,
-        presence: session.presence?.toString() ?? '',
+        presence: session.presence ? serialize(session.presence) : '',
         shared: session.sharedFacts(),
-        queue: queue.map((q) => [q.stanza.toString(), q.queuedAt]),
+        queue: queue.map((q) => [serialize(q.stanza), q.queuedAt]),
       };
       return { ...handover };
     };
@@ -523,7 +524,7 @@ export default defineModule({
         return { tail: [] };
       }
       const kept = st.unacked.splice(0);
-      const tail: QueuedJson[] = kept.map((q) => [q.stanza.toString(), q.queuedAt]);
+      const tail: QueuedJson[] = kept.map((q) => [serialize(q.stanza), q.queuedAt]);
       // Ending synchronously after taking the tail: nothing more is queued.
       if (!session.isEnded) void session.end(MOVED);
       ctx.log.info({ jid: session.jid.toString(), to: from, tail: tail.length }, 'session handed over');

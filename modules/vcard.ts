@@ -11,6 +11,7 @@
 // request as such does not meet the server's criteria, and retrying it
 // unchanged cannot succeed.
 import { Element, parse } from 'ltx';
+import { serialize } from '../src/xml/element.ts';
 import { z } from 'zod';
 import { defineModule } from '../src/modules/api.ts';
 import type { IqEvent } from '../src/router/events.ts';
@@ -70,7 +71,7 @@ export default defineModule({
       async (ev) => {
         const vcard = detachedCopy(ev.payload);
         const empty = vcard.children.every((c) => typeof c === 'string' && c.trim() === '');
-        const xml = vcard.toString();
+        const xml = serialize(vcard);
         const size = Buffer.byteLength(xml);
         if (!empty && size > maxBytes) {
           ev.error('not-acceptable', {

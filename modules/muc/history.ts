@@ -4,6 +4,7 @@
 // delayed (XEP-0203), as much as its <history/> request and the room's
 // historylength allow.
 import { Element, parse } from 'ltx';
+import { serialize } from '../../src/xml/element.ts';
 import { NS_DELAY, NS_MUC } from './ns.ts';
 import type { Room } from './room.ts';
 import type { MucService } from './service.ts';
@@ -17,7 +18,7 @@ export async function record(
   body: string,
   id: string,
 ): Promise<void> {
-  await muc.log.append(room.name, { id, with: `${room.jid}/${nick}`, value: message.toString(), text: body });
+  await muc.log.append(room.name, { id, with: `${room.jid}/${nick}`, value: serialize(message), text: body });
 }
 
 function nonNegativeInt(value: string | undefined): number | undefined {
@@ -56,7 +57,7 @@ export async function sendHistory(
     message.attrs.to = to;
     message.c('delay', { xmlns: NS_DELAY, from: room.jid, stamp: new Date(item.when).toISOString() });
     // maxchars counts the characters of the full stanzas (XEP-0045 7.2.15).
-    chars += message.toString().length;
+    chars += serialize(message).length;
     if (maxChars !== undefined && chars > maxChars) break;
     out.push(message);
   }

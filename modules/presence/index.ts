@@ -14,6 +14,7 @@
 // 'subscription_requests' (username -> requester's bare JID -> the request
 // as XML), so that one sent while the user was offline is shown at login.
 import { Element, parse } from 'ltx';
+import { serialize } from '../../src/xml/element.ts';
 import { Jid } from '../../src/jid.ts';
 import { defineModule } from '../../src/modules/api.ts';
 import type { StanzaEvent } from '../../src/router/events.ts';
@@ -289,7 +290,7 @@ export default defineModule({
       const stanza = ev.stanza;
       stanza.attrs.from = contact;
       stanza.attrs.to = bareOf(user);
-      if (result.state.pendingIn && !state.pendingIn) await requests.set(user, contact, stanza.toString());
+      if (result.state.pendingIn && !state.pendingIn) await requests.set(user, contact, serialize(stanza));
       await save(user, contact, item, state, result.state);
       if (result.deliver) for (const s of await availableSessions(user)) s.send(stanza);
       if (result.autoReply) ctx.send(presence({ type: 'subscribed', from: bareOf(user), to: contact }));

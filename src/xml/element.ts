@@ -114,15 +114,26 @@ export function serialize(element: Element): string {
   xml += '>';
   for (const child of children) {
     if (child === null || child === undefined) continue;
-    if (child instanceof Element) {
+    if (child instanceof Element || isForeignElement(child)) {
       xml += serialize(child);
-    } else if (typeof child === 'object' && typeof (child as Element).write === 'function') {
-      // An element of another copy of ltx: it serializes itself.
-      xml += String(child);
     } else {
       const text = typeof child === 'string' ? child : String(child);
       xml += escapeXml(text);
     }
   }
   return xml + '</' + element.name + '>';
+}
+
+/**
+ * An element of another copy of ltx. The package ships an ES module and a
+ * CommonJS build, each with its own Element class: a process that loads both
+ * (the test runner requires src/ while modules are imported) has elements of
+ * either kind in one tree. They have the same shape and are serialized the
+ * same way; their own toString() would write tab, LF and CR in attribute
+ * values raw.
+ */
+function isForeignElement(child: unknown): child is Element {
+  if (typeof child !== 'object' || child === null) return false;
+  const el = child as Partial<Element>;
+  return typeof el.name === 'string' && Array.isArray(el.children) && typeof el.attrs === 'object';
 }

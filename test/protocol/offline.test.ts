@@ -85,6 +85,25 @@ describe('protocol: offline messages', function () {
       await j.expectNothing();
     });
 
+    it('keeps line breaks and tabs in attribute values of a stored message', async () => {
+      const romeo = await newUser(server, 'romeo');
+      const juliet = await newUser(server, 'juliet');
+      const r = await login(server.port, romeo, 'balcony');
+      const bare = `${juliet}@localhost`;
+      // Character references survive a parser's attribute-value normalization; raw
+      // line breaks and tabs, as ltx's toString() wrote them, come back as spaces.
+      r.send(
+        `<message to='${bare}' type='chat' id='ws1'><body>lines</body>` +
+          `<note xmlns='urn:example:note' text='one&#10;two&#9;three&#13;'/></message>`,
+      );
+      await r.expectNothing();
+
+      const j = await login(server.port, juliet, 'chamber');
+      await available(j);
+      const got = await j.expect(`<message from='${r.jid}' id='ws1'><body>lines</body></message>`);
+      expect(got.getChild('note', 'urn:example:note')?.attrs.text).to.equal('one\ntwo\tthree\r');
+    });
+
     it('delivers a long backlog completely, in order', async () => {
       const romeo = await newUser(server, 'romeo');
       const juliet = await newUser(server, 'juliet');

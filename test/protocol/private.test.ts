@@ -64,6 +64,17 @@ describe('private XML storage (XEP-0049)', function () {
     expect(conference?.getChildText('nick')).to.equal('Juliet');
   });
 
+  it('keeps line breaks and tabs in attribute values', async () => {
+    const user = await newUser(server, 'whitespace');
+    const first = await login(server, user, 'phone');
+    await store(first, `<prefs xmlns='urn:example:ws'><note text='one&#10;two&#9;three&#13;'/></prefs>`);
+    await first.close();
+
+    const again = await login(server, user, 'laptop');
+    const prefs = await fetch(again, 'prefs', 'urn:example:ws');
+    expect(prefs.getChild('note')?.attrs.text).to.equal('one\ntwo\tthree\r');
+  });
+
   it('answers the empty element for something never stored', async () => {
     const c = await login(server, await newUser(server, 'nothing'));
     const id = sendPrivate(c, 'get', `<prefs xmlns='urn:example:prefs'/>`);

@@ -1,3 +1,4 @@
+import { createRequire } from 'node:module';
 import { expect } from 'chai';
 import { StreamParser } from '../../src/xml/parser.ts';
 import type { ParserErrorCondition, ParserLimits, StreamHeader } from '../../src/xml/parser.ts';
@@ -774,5 +775,21 @@ describe('xml/element helpers', () => {
     const r = parse(HEADER + xml);
     expect(r.errors).to.deep.equal([]);
     expect(r.stanzas[0].attrs.a).to.equal(value);
+  });
+
+  it("serializes elements of either of ltx's builds the same way, escapes and all", async () => {
+    // ltx ships an ES module and a CommonJS build with an Element class each; the
+    // test runner loads one for src/ while modules, imported, get the other.
+    const commonJs = (createRequire(import.meta.url)('ltx/lib/ltx.js') as { Element: typeof Element })
+      .Element;
+    const esModule = ((await import('ltx/src/ltx.js')) as { Element: typeof Element }).Element;
+    expect(commonJs).to.not.equal(esModule);
+    for (const Kind of [commonJs, esModule]) {
+      const note = new Kind('note', { text: 'one\ntwo' });
+      note.children.push('a < b');
+      const tree = el('iq', {}, el('query', {}));
+      tree.getChild('query')!.children.push(note);
+      expect(serialize(tree)).to.equal('<iq><query><note text="one&#10;two">a &lt; b</note></query></iq>');
+    }
   });
 });
