@@ -146,16 +146,22 @@ export default defineModule({
 
     // ---- sent carbons -----------------------------------------------------------------
 
+    // COMPAT: the hot handlers below define no named closures per message:
+    // tsx compiles with esbuild's keepNames, which gives every named arrow
+    // function (const run = () => ...) a __name() call that redefines its
+    // `name` property, about a microsecond each time.
+    function sendCopies(stanza: Element, origin: Session, bare: string, sessions: Session[]): false {
+      copyTo('sent', stanza, bare, new Set([origin]), sessions);
+      return false;
+    }
     const copySent = (ev: StanzaEvent) => {
       const { stanza, origin } = ev;
       if (!origin || ev.to.bare.equals(origin.jid.bare) || !eligible(stanza, 'sent')) return false;
       const bare = origin.jid.bare.toString();
       const list = resources(bare);
-      const run = (sessions: Session[]) => {
-        copyTo('sent', stanza, bare, new Set([origin]), sessions);
-        return false;
-      };
-      return list instanceof Promise ? list.then(run) : run(list);
+      return list instanceof Promise
+        ? list.then((sessions) => sendCopies(stanza, origin, bare, sessions))
+        : sendCopies(stanza, origin, bare, list);
     };
     for (const kind of ['full', 'bare', 'host'] as const) {
       ctx.hook(`pre-message/${kind}`, refuseWrappers, GUARD_PRIORITY);
@@ -196,19 +202,23 @@ export default defineModule({
       return false;
     }
 
+    /** A message to a full JID: copied to the account's other resources if that one is here. */
+    function toFullJid(ev: StanzaEvent, sessions: Session[]): false {
+      const target = sessions.find((s) => s.jid.equals(ev.to));
+      // No such resource: the core hands chat and normal messages on to
+      // message/bare, which copies them there.
+      if (!target) return false;
+      return inbound(ev, [target], sessions);
+    }
+
     ctx.hook(
       'message/full',
       (ev) => {
         if (!eligible(ev.stanza, 'received')) return inbound(ev, [], []);
         const list = resources(ev.to.bare.toString());
-        const run = (sessions: Session[]) => {
-          const target = sessions.find((s) => s.jid.equals(ev.to));
-          // No such resource: the core hands chat and normal messages on to
-          // message/bare, which copies them there.
-          if (!target) return false;
-          return inbound(ev, [target], sessions);
-        };
-        return list instanceof Promise ? list.then(run) : run(list);
+        return list instanceof Promise
+          ? list.then((sessions) => toFullJid(ev, sessions))
+          : toFullJid(ev, list);
       },
       COPY_PRIORITY,
     );
@@ -219,9 +229,9 @@ export default defineModule({
         // Groupchat fan-out and the like never need the account's sessions.
         if (!eligible(ev.stanza, 'received')) return inbound(ev, [], []);
         const list = resources(ev.to.bare.toString());
-        const run = (sessions: Session[]) =>
-          inbound(ev, bareMessageRecipients(ev.stanza, sessions), sessions);
-        return list instanceof Promise ? list.then(run) : run(list);
+        return list instanceof Promise
+          ? list.then((sessions) => inbound(ev, bareMessageRecipients(ev.stanza, sessions), sessions))
+          : inbound(ev, bareMessageRecipients(ev.stanza, list), list);
       },
       COPY_PRIORITY,
     );
