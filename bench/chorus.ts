@@ -100,9 +100,7 @@ export function chorusConfig(o: ChorusOptions, dir: string, modules: string[], r
     // rate limit per address (every bench connection comes from 127.0.0.1) and no traffic shaping.
     'limits: { connections_per_minute: 0, bytes_per_second: 0 }',
     ...(o.workers && o.workers > 1 && redisUrl
-      ? [
-          `cluster: { redis_url: '${redisUrl}', workers: ${o.workers}, node_id: bench, metrics_log_seconds: 0 }`,
-        ]
+      ? [`cluster: { redis_url: '${redisUrl}', workers: ${o.workers}, node_id: bench, metrics_log_seconds: 0 }`]
       : []),
     `log: { level: ${o.logLevel ?? 'warn'}, format: json }`,
     '',
