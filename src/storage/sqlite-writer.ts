@@ -33,7 +33,7 @@ export interface WriterData {
  * process. Raising it again needs privileges, so a thread reused at a lower
  * priority stays there: the error is the caller's to report.
  */
-export function lowerThreadPriority(nice: number): void {
+function lowerThreadPriority(nice: number): void {
   if (process.platform === 'linux') setPriority(nice);
 }
 

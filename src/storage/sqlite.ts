@@ -389,15 +389,15 @@ export class SqliteDriver implements StorageDriver {
 
   /**
    * Queues a write for the next batch; resolves once that batch has
-   * committed. `users`: whose reads must see it (null: every user of the store).
+   * committed. `user`: whose reads must see it (null: every user of the store).
    */
-  #write(scope: Scope, users: string | string[] | null, op: WriteOp): Promise<number | null> {
+  #write(scope: Scope, user: string | null, op: WriteOp): Promise<number | null> {
     try {
       this.#check();
     } catch (err) {
       return Promise.reject(err);
     }
-    this.#mark(scope, users);
+    this.#mark(scope, user);
     return new Promise<number | null>((resolve, reject) => {
       this.#enqueue(op, { resolve, reject });
     });
