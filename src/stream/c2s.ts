@@ -135,10 +135,7 @@ export class C2SStream implements StreamInfo, SessionConnection {
       const socket = this.socket;
       this.corked = true;
       socket.cork();
-      process.nextTick(() => {
-        this.corked = false;
-        socket.uncork();
-      });
+      process.nextTick(() => this.flushCorked(socket));
     }
     this.socket.write(data);
     if (this.socket.writableLength > MAX_OUTBOUND_BYTES && !this.closing) {
@@ -146,6 +143,12 @@ export class C2SStream implements StreamInfo, SessionConnection {
       this.log.warn({ buffered: this.socket.writableLength }, 'client does not read; closing');
       this.socket.destroy();
     }
+  }
+
+  /** Sends what write() gathered on `socket` this turn. */
+  private flushCorked(socket: Socket): void {
+    this.corked = false;
+    socket.uncork();
   }
 
   private sendElement(element: Element): void {
@@ -393,10 +396,7 @@ export class C2SStream implements StreamInfo, SessionConnection {
     this.state = 'tls-handshake';
     const plain = this.socket;
     // <proceed/> must be on the wire before TLS wraps the socket.
-    if (this.corked) {
-      this.corked = false;
-      plain.uncork();
-    }
+    if (this.corked) this.flushCorked(plain);
     plain.removeAllListeners('data');
     plain.removeAllListeners('close');
     plain.removeAllListeners('error');
