@@ -157,9 +157,7 @@ export function comparisonTable(results: ScenarioResult[], servers: string[]): s
         }
         if (clusterToo) {
           const k = value('chorus-cluster');
-          row.push(
-            typeof k === 'number' && typeof c === 'number' && c !== 0 ? `${(k / c).toFixed(2)}x` : '-',
-          );
+          row.push(typeof k === 'number' && typeof c === 'number' && c !== 0 ? `${(k / c).toFixed(2)}x` : '-');
         }
       }
       rows.push(row);
@@ -206,9 +204,7 @@ async function runOnServers(c: CompareOptions): Promise<ServerRuns> {
     }
     if (c.servers.includes('chorus-cluster')) {
       const port = c.chorusPort + 1;
-      process.stderr.write(
-        `starting Chorus with ${c.clusterWorkers} workers and Redis on 127.0.0.1:${port}\n`,
-      );
+      process.stderr.write(`starting Chorus with ${c.clusterWorkers} workers and Redis on 127.0.0.1:${port}\n`);
       chorusCluster = await startChorus({
         port,
         storage: c.chorusStorage,
