@@ -70,6 +70,26 @@ export type Outcome = { ok: true; value: number | null } | { ok: false; message:
 /** Rows indexed per transaction when the full-text index catches up. */
 const FTS_CHUNK = 2000;
 
+/** Archive entries read per transaction while looking for JIDs no entry refers to. */
+const PRUNE_CHUNK = 20_000;
+
+/**
+ * A pass over the archive that finds the JIDs of archive_jid no entry refers
+ * to any more (their conversations expired or were deleted), so that they
+ * can go: the dictionary would otherwise keep every address ever archived.
+ * Only JIDs that existed when the pass began are candidates; the writer
+ * marks every JID it uses while the pass runs, so an entry written behind
+ * the pass's cursor keeps its JID.
+ */
+interface JidPrune {
+  /** The highest jid_id when the pass began. */
+  maxId: number;
+  /** One flag per jid_id up to maxId: referred to by an entry seen (or written) so far. */
+  used: Uint8Array;
+  /** The key of the last entry read; null before the first chunk. */
+  after: [number, number, number] | null;
+}
+
 export class BatchApplier {
   readonly #db: Database.Database;
   readonly #statements: StatementCache;
@@ -85,6 +105,9 @@ export class BatchApplier {
   #deferred: EntryRow[] | undefined;
   commits = 0;
   writes = 0;
+  /** Entries were deleted: JIDs may have lost their last entry (see JidPrune). */
+  #pruneWanted = false;
+  #prune: JidPrune | undefined;
 
   constructor(db: Database.Database) {
     this.#db = db;
@@ -141,6 +164,8 @@ export class BatchApplier {
       if (this.#jids.size >= 100_000) this.#jids.clear();
       this.#jids.set(jid, id);
     }
+    const prune = this.#prune;
+    if (prune !== undefined && id <= prune.maxId) prune.used[id] = 1;
     return id;
   }
 
@@ -265,11 +290,12 @@ export class BatchApplier {
         const where = [`oid = ${OWNER}`];
         const params: SqlParam[] = [...owner];
         filterClauses(op.filter, where, params, { get: this.#get, owner });
-        return stmt(`DELETE FROM ${archiveFor(op.filter)} WHERE ${where.join(' AND ')}`).run(...params)
-          .changes;
+        return this.#deleted(
+          stmt(`DELETE FROM ${archiveFor(op.filter)} WHERE ${where.join(' AND ')}`).run(...params).changes,
+        );
       }
       case 'purge':
-        return stmt(PURGE_SQL).run(op.host, op.store, op.before, op.limit).changes;
+        return this.#deleted(stmt(PURGE_SQL).run(op.host, op.store, op.before, op.limit).changes);
     }
   }
 
@@ -350,6 +376,78 @@ export class BatchApplier {
   /** Brings the full-text index up to date with every committed row. */
   syncText(): void {
     while (this.indexText());
+  }
+
+  /** Notes that entries went, so that their JIDs are looked at; passes the count on. */
+  #deleted(changes: number): number {
+    if (changes > 0) this.#pruneWanted = true;
+    return changes;
+  }
+
+  /** Whether entries were deleted since the last complete pass of pruneJids. */
+  get pruneWanted(): boolean {
+    return this.#pruneWanted || this.#prune !== undefined;
+  }
+
+  /**
+   * One step of a pass that removes the JIDs no archive entry refers to (see
+   * JidPrune): reads up to `chunk` entries in one transaction, and after the
+   * last one deletes the JIDs none of them used, and the owners that have no
+   * entries left. Says whether the pass has steps left.
+   */
+  pruneJidsStep(chunk = PRUNE_CHUNK): boolean {
+    return this.#db.transaction(() => {
+      let prune = this.#prune;
+      if (prune === undefined) {
+        this.#pruneWanted = false;
+        const max = (this.#stmt('SELECT MAX(jid_id) AS m FROM archive_jid').get() as { m: number | null }).m;
+        if (max === null) return false;
+        prune = this.#prune = { maxId: max, used: new Uint8Array(max + 1), after: null };
+      }
+      const rows = (
+        prune.after === null
+          ? this.#stmt(
+              'SELECT oid, "when", seq, with_id, bare_id FROM archive ORDER BY oid, "when", seq LIMIT ?',
+            )
+              .raw(true)
+              .all(chunk)
+          : this.#stmt(
+              'SELECT oid, "when", seq, with_id, bare_id FROM archive WHERE (oid, "when", seq) > (?, ?, ?) ' +
+                'ORDER BY oid, "when", seq LIMIT ?',
+            )
+              .raw(true)
+              .all(...prune.after, chunk)
+      ) as [number, number, number, number, number][];
+      for (const [, , , withId, bareId] of rows) {
+        if (withId <= prune.maxId) prune.used[withId] = 1;
+        if (bareId <= prune.maxId) prune.used[bareId] = 1;
+      }
+      if (rows.length === chunk) {
+        const [oid, when, seq] = rows[rows.length - 1]!;
+        prune.after = [oid, when, seq];
+        return true;
+      }
+      const known = this.#stmt('SELECT jid_id FROM archive_jid WHERE jid_id <= ?')
+        .pluck(true)
+        .all(prune.maxId) as number[];
+      const unused = known.filter((id) => prune.used[id] === 0);
+      const remove = this.#stmt('DELETE FROM archive_jid WHERE jid_id = ?');
+      for (const id of unused) remove.run(id);
+      // The cache may name a removed JID: it fills again from the table.
+      if (unused.length > 0) this.#jids.clear();
+      // Owners without entries (deleted accounts) go too: a look-up per owner through the key.
+      const owners = this.#stmt(
+        'DELETE FROM archive_owner WHERE NOT EXISTS (SELECT 1 FROM archive a WHERE a.oid = archive_owner.oid)',
+      ).run().changes;
+      if (owners > 0) this.#owners.clear();
+      this.#prune = undefined;
+      return false;
+    })();
+  }
+
+  /** A whole pass of pruneJidsStep. */
+  pruneJids(): void {
+    while (this.pruneJidsStep());
   }
 }
 

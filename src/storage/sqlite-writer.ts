@@ -92,11 +92,14 @@ if (parentPort && (workerData as { sqliteWriter?: boolean } | undefined)?.sqlite
     idle = setTimeout(indexWhenIdle, ftsIdleMs);
   };
 
+  // Idle work, a small transaction at a time: first the full-text index,
+  // then, after deletes, the archive's dictionary of JIDs.
   const indexWhenIdle = () => {
     idle = undefined;
     let more = false;
     try {
       more = applier?.indexText() ?? false;
+      if (!more && applier?.pruneWanted) more = applier.pruneJidsStep();
     } catch {
       // Busy (another process writing) or the like: try again at the next idle spell.
     }
@@ -130,6 +133,12 @@ if (parentPort && (workerData as { sqliteWriter?: boolean } | undefined)?.sqlite
       applyArrived();
       if (idle !== undefined) clearTimeout(idle);
       idle = undefined;
+      // A process that deleted and closes at once (`chorus archive purge`) prunes before it goes.
+      try {
+        if (applier?.pruneWanted) applier.pruneJids();
+      } catch {
+        // Left for the next process that deletes.
+      }
       try {
         db?.close();
       } finally {

@@ -2,6 +2,7 @@
 // against the configured SQLite database.
 import { expect } from 'chai';
 import { mkdirSync } from 'node:fs';
+import Database from 'better-sqlite3';
 import { openStorage } from '../../src/storage/index.ts';
 import { configYaml, freePorts, runChorus, TempDir, type RunResult } from './helpers.ts';
 
@@ -62,6 +63,30 @@ describe('chorus archive purge', function () {
     const all = await chorus(['archive', 'purge', '--older-than', '1y']);
     expect(all.code, show(all)).to.equal(0);
     expect(all.stdout).to.include('deleted 1 archived message ');
+    expect(await bodies('bob')).to.deep.equal(['last month', 'yesterday']);
+  });
+
+  it('forgets the address of a conversation partner whose every message was purged', async () => {
+    const storage = openStorage({ driver: 'sqlite', path: dbPath() });
+    await storage.archive<string>('localhost', 'archive').append('erin', {
+      when: Date.now() - 400 * DAY,
+      with: 'dave@localhost/phone',
+      value: `<message xmlns='jabber:client' from='dave@localhost/phone' to='erin@localhost'><body>old</body></message>`,
+    });
+    await storage.close();
+    const addresses = () => {
+      const db = new Database(dbPath(), { readonly: true });
+      try {
+        return db.prepare('SELECT jid FROM archive_jid ORDER BY jid').pluck().all();
+      } finally {
+        db.close();
+      }
+    };
+    expect(addresses()).to.include('dave@localhost/phone');
+    const r = await chorus(['archive', 'purge', '--older-than', '1y']);
+    expect(r.code, show(r)).to.equal(0);
+    expect(r.stdout).to.include('deleted 1 archived message ');
+    expect(addresses()).to.deep.equal(['carol@localhost']);
     expect(await bodies('bob')).to.deep.equal(['last month', 'yesterday']);
   });
 

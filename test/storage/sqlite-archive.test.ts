@@ -10,6 +10,8 @@ import Database from 'better-sqlite3';
 import { SqliteDriver } from '../../src/storage/sqlite.ts';
 import { SCHEMA_VERSION } from '../../src/storage/sqlite-schema.ts';
 import { archiveIdTime, generateArchiveId } from '../../src/storage/types.ts';
+import type { WriteOp } from '../../src/storage/sqlite-ops.ts';
+
 import { runStorageConformance } from './conformance.ts';
 
 const tmp = mkdtempSync(join(tmpdir(), 'chorus-sqlite-archive-'));
@@ -288,6 +290,102 @@ describe('sqlite archive', function () {
     for (const u of ['u', 'v', 'w']) expect(await a.count(u)).to.equal(5);
     expect(await d.archive('h', 'b').count('u')).to.equal(1);
     await d.close();
+  });
+
+  describe('pruning the dictionary of JIDs', function () {
+    /** The JIDs and owners the file still names. */
+    const names = (path: string) => {
+      const raw = new Database(path, { readonly: true });
+      try {
+        return {
+          jids: (raw.prepare('SELECT jid FROM archive_jid ORDER BY jid').all() as { jid: string }[]).map(
+            (r) => r.jid,
+          ),
+          owners: (
+            raw.prepare('SELECT user FROM archive_owner ORDER BY user').all() as { user: string }[]
+          ).map((r) => r.user),
+        };
+      } finally {
+        raw.close();
+      }
+    };
+    const until = async (what: () => boolean) => {
+      for (let i = 0; i < 200 && !what(); i++) await new Promise((r) => setTimeout(r, 20));
+    };
+
+    it('forgets, when idle after a purge, the JIDs and owners whose last entry went', async function () {
+      const path = freshPath();
+      const d = SqliteDriver.open(path, { ftsIdleMs: 10 });
+      const a = d.archive<number>('h', 'a');
+      await a.append('u', { when: 1, with: 'old@x/r', value: 1 });
+      await a.append('v', { when: 2, with: 'old@x/r', value: 2 });
+      await a.append('w', { when: 3, with: 'gone@x', value: 3 });
+      await a.append('u', { when: 10, with: 'kept@x/r', value: 4 });
+      expect(names(path).jids).to.deep.equal(['gone@x', 'kept@x', 'kept@x/r', 'old@x', 'old@x/r']);
+      expect(await a.deleteOlderThan!(5, 100)).to.equal(3);
+      await until(() => names(path).jids.length === 2);
+      expect(names(path)).to.deep.equal({ jids: ['kept@x', 'kept@x/r'], owners: ['u'] });
+      // What stays is still found by its conversation; a forgotten JID comes back when used again.
+      expect((await a.find('u', { with: 'kept@x' })).items.map((i) => i.value)).to.deep.equal([4]);
+      await a.append('v', { when: 20, with: 'old@x/r', value: 5 });
+      expect((await a.find('v', { with: 'old@x' })).items.map((i) => i.value)).to.deep.equal([5]);
+      expect((await a.find('u', { with: 'old@x' })).items).to.deep.equal([]);
+      await d.close();
+    });
+
+    it('keeps a JID that an entry written while the pass runs refers to', async function () {
+      const path = freshPath();
+      // Appends and deletes on the inline writer's BatchApplier, stepped by hand.
+      const d = SqliteDriver.open(path, { writer: 'inline' });
+      const a = d.archive<number>('h', 'a');
+      for (let i = 0; i < 30; i++) await a.append(`u${i}`, { when: 100 + i, with: 'busy@x', value: i });
+      await a.append('z', { when: 1, with: 'late@x', value: 0 });
+      await d.close();
+
+      const { BatchApplier } = await import('../../src/storage/sqlite-ops.ts');
+      const db = new Database(path);
+      const applier = new BatchApplier(db);
+      const append = (user: string, when: number, w: string): WriteOp => ({
+        k: 'append',
+        host: 'h',
+        store: 'a',
+        user,
+        id: generateArchiveId(when),
+        replace: false,
+        when,
+        with: w,
+        bare: w,
+        value: '0',
+        text: null,
+      });
+      applier.apply([{ k: 'purge', host: 'h', store: 'a', before: 50, limit: 10 }]);
+      expect(applier.pruneWanted).to.equal(true);
+      // The pass reads 10 entries a step, in (owner, time) order: u0's archive (the first
+      // owner) is behind it when u0 gets an entry with the JID no entry referred to.
+      expect(applier.pruneJidsStep(10)).to.equal(true);
+      applier.apply([append('u0', 200, 'late@x')]);
+      while (applier.pruneJidsStep(10));
+      expect(applier.pruneWanted).to.equal(false);
+      db.close();
+      expect(names(path).jids).to.deep.equal(['busy@x', 'late@x']);
+      const again = SqliteDriver.open(path);
+      expect(
+        (await again.archive<number>('h', 'a').find('u0', { with: 'late@x' })).items.map((i) => i.id),
+      ).to.have.length(1);
+      await again.close();
+    });
+
+    it('prunes before a process that purged closes, as `chorus archive purge` does', async function () {
+      const path = freshPath();
+      const d = SqliteDriver.open(path, { ftsIdleMs: 60_000 });
+      const a = d.archive<number>('h', 'a');
+      await a.append('u', { when: 1, with: 'old@x', value: 1 });
+      await a.append('u', { when: 10, with: 'new@x', value: 2 });
+      expect(await a.deleteOlderThan!(5, 100)).to.equal(1);
+      expect(names(path).jids).to.deep.equal(['new@x', 'old@x']);
+      await d.close();
+      expect(names(path).jids).to.deep.equal(['new@x']);
+    });
   });
 
   it('stops its writer thread on close, and rejects writes afterwards', async function () {
