@@ -4,22 +4,10 @@
 // fields; no timing assertions.
 import { expect } from 'chai';
 import { readFileSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { startChorus, type ChorusProcess } from '../../bench/chorus.ts';
 import { writeResult } from '../../bench/report.ts';
 import { runScenario, type BenchOptions } from '../../bench/scenarios.ts';
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const addr = s.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      s.close(() => resolve(port));
-    });
-  });
-}
+import { freePort } from '../helpers/redis.ts';
 
 describe('bench: load generator smoke test', function () {
   this.timeout(90_000);
