@@ -155,14 +155,19 @@ export class Router {
     );
   }
 
+  // reply and error are made by the two methods below rather than written
+  // inline: tsx compiles with esbuild's keepNames, which wraps a function
+  // written as an object property in a __name() call (about 1 µs each, per IQ).
   private iqEvent(event: StanzaEvent, payload: Element): IqEvent {
-    return {
-      ...event,
-      payload,
-      reply: (result?: Element) => this.sendReply(iqResult(event.stanza, result), event.origin),
-      error: (condition: StanzaErrorCondition, opts?: StanzaErrorOptions) =>
-        this.bounce(event.stanza, condition, opts, event.origin),
-    };
+    return { ...event, payload, reply: this.replier(event), error: this.bouncer(event) };
+  }
+
+  private replier(event: StanzaEvent): IqEvent['reply'] {
+    return (result) => this.sendReply(iqResult(event.stanza, result), event.origin);
+  }
+
+  private bouncer(event: StanzaEvent): IqEvent['error'] {
+    return (condition, opts) => this.bounce(event.stanza, condition, opts, event.origin);
   }
 
   /** Sends an error reply for `stanza` (never for an error stanza). */
