@@ -232,6 +232,9 @@ async function manageAccount(
   }
 }
 
+/** How often a long `chorus archive purge` reports how far it has got. */
+const PROGRESS_EVERY_MS = 2000;
+
 /** `chorus archive purge`: the retention purge of the mam module, run once by hand. */
 async function purgeArchives(config: ChorusConfig, olderThan: string, userText?: string): Promise<number> {
   let age: number | null;
@@ -256,7 +259,17 @@ async function purgeArchives(config: ChorusConfig, olderThan: string, userText?:
     const cutoff = Date.now() - age;
     let total = 0;
     for (const domain of domains) {
-      total += await purgeArchive(storage.archive(domain, ARCHIVE_STORE), cutoff, { user: user?.local });
+      // A purge across users goes in batches: report the first and then one every few seconds.
+      let reportedAt = 0;
+      const progress = (deletedSoFar: number) => {
+        if (reportedAt !== 0 && Date.now() - reportedAt < PROGRESS_EVERY_MS) return;
+        reportedAt = Date.now();
+        process.stderr.write(`${domain}: ${deletedSoFar} archived messages deleted so far\n`);
+      };
+      total += await purgeArchive(storage.archive(domain, ARCHIVE_STORE), cutoff, {
+        user: user?.local,
+        progress,
+      });
     }
     process.stdout.write(
       `deleted ${total} archived message${total === 1 ? '' : 's'} older than ${olderThan}` +

@@ -33,6 +33,8 @@ export interface PurgeOptions {
   user?: string;
   /** Items deleted per transaction. */
   batchSize?: number;
+  /** Told the total deleted so far after each full batch of a purge across users. */
+  progress?: (deletedSoFar: number) => void;
 }
 
 /** Deletes archived items with `when` strictly before `cutoff` (ms); resolves to how many went. */
@@ -45,5 +47,5 @@ export async function purgeArchive(
   if (!archive.deleteOlderThan) {
     throw new Error('this storage driver cannot purge every archive at once; give a user');
   }
-  return archive.deleteOlderThan(cutoff, opts.batchSize ?? 1000);
+  return archive.deleteOlderThan(cutoff, opts.batchSize ?? 1000, opts.progress);
 }

@@ -288,7 +288,7 @@ export class MemoryDriver implements StorageDriver {
         return out;
       },
 
-      async deleteOlderThan(when, batchSize) {
+      async deleteOlderThan(when, batchSize, progress) {
         check();
         if (!Number.isInteger(batchSize) || batchSize < 1) {
           throw new RangeError(`batchSize must be a positive integer, got ${batchSize}`);
@@ -306,6 +306,7 @@ export class MemoryDriver implements StorageDriver {
             for (const e of ua.entries.splice(0, n)) ua.byId.delete(e.id);
             if (ua.entries.length === 0) users.delete(user);
             total += n;
+            if (n === batchSize) progress?.(total);
             // Mirror the SQLite driver's batching so callers see the same interleaving.
             await yieldToLoop();
           }

@@ -689,7 +689,7 @@ export class MongoDriver implements StorageDriver {
         });
       },
 
-      async deleteOlderThan(when, batchSize) {
+      async deleteOlderThan(when, batchSize, progress) {
         if (!Number.isInteger(batchSize) || batchSize < 1) {
           throw new RangeError(`batchSize must be a positive integer, got ${batchSize}`);
         }
@@ -717,6 +717,7 @@ export class MongoDriver implements StorageDriver {
           // concurrent delete, which also rules out spinning on a batch that
           // cannot be deleted.
           if (found < batchSize || deleted === 0) return total;
+          progress?.(total);
         }
       },
     };

@@ -900,7 +900,7 @@ export class SqliteDriver implements StorageDriver {
         });
       },
 
-      async deleteOlderThan(when, batchSize) {
+      async deleteOlderThan(when, batchSize, progress) {
         if (!Number.isInteger(batchSize) || batchSize < 1) {
           throw new RangeError(`batchSize must be a positive integer, got ${batchSize}`);
         }
@@ -910,6 +910,7 @@ export class SqliteDriver implements StorageDriver {
           const n = (await write(null, { k: 'purge', host, store, before: when, limit: batchSize })) ?? 0;
           total += n;
           if (n < batchSize) return total;
+          progress?.(total);
         }
       },
     };

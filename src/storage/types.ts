@@ -136,8 +136,14 @@ export interface ArchiveStore<T = JsonValue> {
    * Retention across every user of this (host, store): deletes all items with
    * `when` strictly below the cut-off, at most `batchSize` per transaction so a
    * large purge does not hold the database for long. Resolves to the total removed.
+   * `progress`, if given, is told the total removed so far after every full
+   * batch (one that may be followed by more), for a caller to report.
    */
-  deleteOlderThan?(when: number, batchSize: number): Promise<number>;
+  deleteOlderThan?(
+    when: number,
+    batchSize: number,
+    progress?: (deletedSoFar: number) => void,
+  ): Promise<number>;
 }
 
 export interface StorageDriver {

@@ -101,4 +101,24 @@ describe('chorus archive purge', function () {
     }
     expect(await bodies('bob')).to.have.length(2);
   });
+  it('reports how far a purge of many messages has got', async () => {
+    const storage = openStorage({ driver: 'sqlite', path: dbPath() });
+    const archive = storage.archive<string>('localhost', 'archive');
+    await Promise.all(
+      Array.from({ length: 2500 }, (_, i) =>
+        archive.append('frank', {
+          when: Date.now() - 400 * DAY - i,
+          with: 'carol@localhost',
+          value: `<message xmlns='jabber:client' to='frank@localhost'><body>${i}</body></message>`,
+        }),
+      ),
+    );
+    await storage.close();
+    const r = await chorus(['archive', 'purge', '--older-than', '1y']);
+    expect(r.code, show(r)).to.equal(0);
+    // Batches of 1000: the first is reported at once, the rest within the throttle.
+    expect(r.stderr).to.match(/^localhost: 1000 archived messages deleted so far$/m);
+    expect(r.stdout).to.include('deleted 2500 archived messages older than 1y');
+    expect(await bodies('frank')).to.deep.equal([]);
+  });
 });

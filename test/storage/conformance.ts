@@ -640,6 +640,15 @@ export function runStorageConformance(name: string, open: () => Promise<StorageD
         expect(await rejection(archive.deleteOlderThan!(1, 0))).to.be.instanceOf(RangeError);
       });
 
+      it('tells the caller of a purge how far it has got after each full batch', async function () {
+        if (!archive.deleteOlderThan) this.skip();
+        await seed(archive, 'u');
+        const reported: number[] = [];
+        expect(await archive.deleteOlderThan!(4000, 2, (n) => reported.push(n))).to.equal(5);
+        expect(reported).to.deep.equal([2, 4]);
+        expect(ns((await archive.find('u')).items)).to.deep.equal([5, 6, 7, 8, 9]);
+      });
+
       it('keeps hosts, stores and users apart', async function () {
         await archive.append('u', { with: 'a@b', value: { n: 1 }, text: 'shared word' });
         await driver
