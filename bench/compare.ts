@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startChorus, type ChorusProcess } from './chorus.ts';
-import { fmt, formatTable, writeResult } from './report.ts';
+import { fmt, formatTable, median, writeResult } from './report.ts';
 import {
   forgetRegisteredAccounts,
   runScenario,
@@ -299,13 +299,6 @@ export async function compare(c: CompareOptions): Promise<void> {
 export interface MamRound {
   off: number | null;
   on: number | null;
-}
-
-export function median(values: number[]): number | null {
-  if (values.length === 0) return null;
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
 }
 
 /**

@@ -18,6 +18,7 @@
 // that client and server share this process's event loop.
 import { parseArgs } from 'node:util';
 import { BenchConn } from './client.ts';
+import { median } from './report.ts';
 import { startTestServer } from '../test/helpers/server.ts';
 import type { JsonValue } from '../src/storage/types.ts';
 
@@ -39,12 +40,6 @@ if (values.storage !== 'sqlite' && values.storage !== 'memory')
 
 const USER = 'rosteruser';
 const PASSWORD = 'roster-Bench-pw';
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-}
 
 /** Resolves with the text received on the connection from now on once `done(text)` holds. */
 function collect(conn: BenchConn, done: (text: string) => boolean, what: string): Promise<string> {
@@ -132,7 +127,7 @@ async function main(): Promise<void> {
         `${run === 0 ? 'warm-up' : `run ${run}`}: login ${login.toFixed(1)} ms, roster ${roster.toFixed(1)} ms${p} (${text.length} bytes)`,
       );
     }
-    const col = (k: keyof (typeof rows)[number]) => median(rows.map((r) => r[k])).toFixed(1);
+    const col = (k: keyof (typeof rows)[number]) => (median(rows.map((r) => r[k])) ?? NaN).toFixed(1);
     console.log(
       `median of ${runs} (${items} items, ${values.storage}): login ${col('login')} ms + roster ${col('roster')} ms` +
         (values.presence ? ` + presence ${col('presence')} ms` : '') +

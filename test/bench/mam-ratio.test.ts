@@ -1,6 +1,7 @@
 // The --mam-ratio report: each round's ratio and the median over rounds.
 import { expect } from 'chai';
-import { mamRatioTable, median } from '../../bench/compare.ts';
+import { mamRatioTable } from '../../bench/compare.ts';
+import { median } from '../../bench/report.ts';
 
 describe('bench: --mam-ratio report', function () {
   it('takes the median of an odd and of an even number of values, and of none', function () {
