@@ -86,8 +86,8 @@ interface JidPrune {
   maxId: number;
   /** One flag per jid_id up to maxId: referred to by an entry seen (or written) so far. */
   used: Uint8Array;
-  /** The key of the last entry read; null before the first chunk. */
-  after: [number, number, number] | null;
+  /** The key of the last entry read; before the first chunk, one below every key (owner ids start at 1). */
+  after: [number, number, number];
 }
 
 export class BatchApplier {
@@ -402,22 +402,14 @@ export class BatchApplier {
         this.#pruneWanted = false;
         const max = (this.#stmt('SELECT MAX(jid_id) AS m FROM archive_jid').get() as { m: number | null }).m;
         if (max === null) return false;
-        prune = this.#prune = { maxId: max, used: new Uint8Array(max + 1), after: null };
+        prune = this.#prune = { maxId: max, used: new Uint8Array(max + 1), after: [0, 0, 0] };
       }
-      const rows = (
-        prune.after === null
-          ? this.#stmt(
-              'SELECT oid, "when", seq, with_id, bare_id FROM archive ORDER BY oid, "when", seq LIMIT ?',
-            )
-              .raw(true)
-              .all(chunk)
-          : this.#stmt(
-              'SELECT oid, "when", seq, with_id, bare_id FROM archive WHERE (oid, "when", seq) > (?, ?, ?) ' +
-                'ORDER BY oid, "when", seq LIMIT ?',
-            )
-              .raw(true)
-              .all(...prune.after, chunk)
-      ) as [number, number, number, number, number][];
+      const rows = this.#stmt(
+        'SELECT oid, "when", seq, with_id, bare_id FROM archive WHERE (oid, "when", seq) > (?, ?, ?) ' +
+          'ORDER BY oid, "when", seq LIMIT ?',
+      )
+        .raw(true)
+        .all(...prune.after, chunk) as [number, number, number, number, number][];
       for (const [, , , withId, bareId] of rows) {
         if (withId <= prune.maxId) prune.used[withId] = 1;
         if (bareId <= prune.maxId) prune.used[bareId] = 1;
@@ -448,6 +440,19 @@ export class BatchApplier {
   /** A whole pass of pruneJidsStep. */
   pruneJids(): void {
     while (this.pruneJidsStep());
+  }
+
+  /**
+   * A whole pass if deletes called for one, for a writer with no idle time
+   * ahead. A failure (another process holding the database, say) is left
+   * for the pass after the next delete.
+   */
+  pruneJidsIfWanted(): void {
+    try {
+      if (this.pruneWanted) this.pruneJids();
+    } catch {
+      // See above.
+    }
   }
 }
 

@@ -134,11 +134,7 @@ if (parentPort && (workerData as { sqliteWriter?: boolean } | undefined)?.sqlite
       if (idle !== undefined) clearTimeout(idle);
       idle = undefined;
       // A process that deleted and closes at once (`chorus archive purge`) prunes before it goes.
-      try {
-        if (applier?.pruneWanted) applier.pruneJids();
-      } catch {
-        // Left for the next process that deletes.
-      }
+      applier?.pruneJidsIfWanted();
       try {
         db?.close();
       } finally {

@@ -149,11 +149,7 @@ class InlineWriter implements Writer {
   async send(ops: WriteOp[], syncText: boolean): Promise<BatchReply> {
     const [result] = applyBatches(this.#applier, [{ n: 0, ops, syncText }]);
     // No idle time on this thread: after deletes, the archive's JIDs are pruned at once.
-    try {
-      if (this.#applier.pruneWanted) this.#applier.pruneJids();
-    } catch {
-      // Tried again after the next delete.
-    }
+    this.#applier.pruneJidsIfWanted();
     return { ...result!, commits: this.#applier.commits, writes: this.#applier.writes };
   }
   busy(): void {}
