@@ -19,6 +19,8 @@
 // waiting). Reads of the same driver see queued writes (a MAM query waits
 // for them), so a client never misses a message it has received. Should a
 // write fail, it is logged; the stanza-id it was given then names nothing.
+// Such writes are marked write-behind (SharedAppendOptions.behind): under
+// load the SQLite driver then commits them in larger groups.
 // Only MAX_UNCOMMITTED writes may be outstanding: beyond that, messages wait
 // for their writes again, so a storage that cannot keep up slows senders
 // down instead of filling memory.
@@ -37,14 +39,22 @@ import type { ModuleContext } from '../../src/modules/api.ts';
 import type { StanzaEvent } from '../../src/router/events.ts';
 import { after } from '../../src/events.ts';
 import { serialize } from '../../src/xml/element.ts';
-import { generateArchiveId, type ArchiveEntry, type ArchiveStore } from '../../src/storage/types.ts';
+import {
+  generateArchiveId,
+  type ArchiveEntry,
+  type ArchiveStore,
+  type SharedAppendOptions,
+} from '../../src/storage/types.ts';
 import { addStanzaId, bodyText, isArchivable, removeChild, stripStanzaIds } from './stanza-id.ts';
 
 export const ARCHIVE_PRIORITY = 50;
 /** Below carbons' copying (-500), above the core's routing: the sender's stanza-id is taken off here. */
 const UNSTAMP_PRIORITY = -600;
 /** Archive writes that may be in progress while their messages go on. */
-export const MAX_UNCOMMITTED = 5000;
+export const MAX_UNCOMMITTED = 20_000;
+
+/** appendShared's options, made once: for a write a message waits for, and for one it does not. */
+const BEHIND: readonly SharedAppendOptions[] = [{}, { behind: true }];
 
 export interface ArchivingDeps {
   archive: ArchiveStore<string>;
@@ -104,15 +114,17 @@ export function installArchiving<O>(ctx: ModuleContext<O>, deps: ArchivingDeps):
    */
   let latest: { written: Promise<void>; count: number; first: ArchiveEntry[] } | undefined;
 
-  /** Starts a write; null if the store threw at once. */
+  /** Starts a write; null if the store threw at once. `behind`: no message waits for it. */
   function write(
     entries: ArchiveEntry[],
     when: number,
     value: string,
     text: string | undefined,
+    behind: boolean,
   ): Promise<void> | null {
     try {
-      return archive.appendShared(entries, text === undefined ? { when, value } : { when, value, text });
+      const item = text === undefined ? { when, value } : { when, value, text };
+      return archive.appendShared(entries, item, BEHIND[behind ? 1 : 0]);
     } catch (err) {
       return failed(err, entries);
     }
@@ -120,7 +132,7 @@ export function installArchiving<O>(ctx: ModuleContext<O>, deps: ArchivingDeps):
 
   /** Writes without holding the message; failures are logged. */
   function writeBehind(entries: ArchiveEntry[], when: number, value: string, text: string | undefined): void {
-    const written = write(entries, when, value, text);
+    const written = write(entries, when, value, text, true);
     if (written === null) return;
     uncommitted++;
     if (latest?.written === written) {
@@ -156,7 +168,7 @@ export function installArchiving<O>(ctx: ModuleContext<O>, deps: ArchivingDeps):
 
   /** Writes and waits for the commit; the id, or null when the write failed. */
   function writeAndWait(entry: ArchiveEntry, when: number, stanza: Element): Promise<string | null> | null {
-    const written = write([entry], when, serialize(stanza), bodyText(stanza));
+    const written = write([entry], when, serialize(stanza), bodyText(stanza), false);
     return (
       written?.then(
         () => entry.id,

@@ -29,6 +29,7 @@ import {
   type ArchiveAppend,
   type ArchiveEntry,
   type SharedAppend,
+  type SharedAppendOptions,
   type ArchiveCaps,
   type ArchiveDeleteQuery,
   type ArchiveItem,
@@ -89,6 +90,13 @@ export interface SqliteOptions {
    * writer catch up in larger transactions.
    */
   writerNice?: number;
+  /**
+   * Under sustained load, the least time (ms) between two of the writer
+   * thread's commits of write-behind archive appends [100]; 0 commits each as
+   * soon as the thread is free. Larger commits cost less per message (see
+   * sqlite-writer.ts); a read or an awaited write never waits for it.
+   */
+  busyCommitMs?: number;
   /** Progress of schema migrations; defaults to lines on stderr. */
   log?: MigrationLog;
 }
@@ -135,7 +143,10 @@ interface BatchReply {
 
 /** Applies batches of writes somewhere and says how each went, once committed. */
 interface Writer {
-  send(ops: WriteOp[], syncText: boolean): Promise<BatchReply>;
+  /** `behind`: nothing waits for this batch, so the writer may hold it (busyCommitMs). */
+  send(ops: WriteOp[], syncText: boolean, behind: boolean): Promise<BatchReply>;
+  /** Something now waits for every batch sent: hold none of them any longer. */
+  flush(): void;
   /** Called with true while a batch is in flight (a thread keeps the process alive then). */
   busy(busy: boolean): void;
   close(): Promise<void>;
@@ -152,6 +163,7 @@ class InlineWriter implements Writer {
     this.#applier.pruneJidsIfWanted();
     return { ...result!, commits: this.#applier.commits, writes: this.#applier.writes };
   }
+  flush(): void {}
   busy(): void {}
   async close(): Promise<void> {}
 }
@@ -227,14 +239,20 @@ class ThreadWriter implements Writer {
     this.#pending.clear();
   }
 
-  send(ops: WriteOp[], syncText: boolean): Promise<BatchReply> {
+  send(ops: WriteOp[], syncText: boolean, behind: boolean): Promise<BatchReply> {
     if (this.#failed) return Promise.reject(this.#failed);
     const n = this.#next++;
     return new Promise((resolve, reject) => {
       this.#pending.set(n, { resolve, reject });
-      const msg: WriterRequest = syncText ? { t: 'batch', n, ops, syncText } : { t: 'batch', n, ops };
+      const msg: WriterRequest = { t: 'batch', n, ops };
+      if (syncText) msg.syncText = true;
+      if (behind) msg.behind = true;
       this.#worker.postMessage(msg);
     });
+  }
+
+  flush(): void {
+    if (!this.#failed) this.#worker.postMessage({ t: 'flush' } satisfies WriterRequest);
   }
 
   busy(busy: boolean): void {
@@ -276,9 +294,11 @@ function outcomeError(o: Extract<Outcome, { ok: false }>): Error {
 /**
  * Batches sent to the writer and not yet acknowledged, at most. Beyond it,
  * writes queue here: a writer that cannot keep up then gets fewer, larger
- * batches.
+ * batches. Room for the batches of a whole spaced commit (busyCommitMs) under
+ * load, even when each event-loop turn carries only a few writes: writes
+ * queued here live long enough for the garbage collector to move them.
  */
-const MAX_IN_FLIGHT = 64;
+const MAX_IN_FLIGHT = 2048;
 
 /** Queued writes that are sent at once, without waiting for the end of the turn. */
 const SEND_AT = 64;
@@ -312,6 +332,11 @@ export class SqliteDriver implements StorageDriver {
   #queueShared: (Queued & { promise: Promise<void> }) | undefined;
   /** Text reads waiting for the full-text index to catch up along with the queued batch. */
   #queueTextWaiters: Queued[] = [];
+  /** Nothing waits for the queued batch yet: only write-behind appends are in it. */
+  #queueBehind = true;
+  /** The last batch sent as write-behind, and the last one the writer was told to stop holding. */
+  #behindSent = 0;
+  #flushedUpTo = 0;
   #queueNo = 1;
   /** Cancels the scheduled send; set while one is scheduled. */
   #cancelSend: (() => void) | undefined;
@@ -334,6 +359,9 @@ export class SqliteDriver implements StorageDriver {
   static open(path: string, opts: SqliteOptions = {}): SqliteDriver {
     if (opts.groupCommitMs !== undefined && !(opts.groupCommitMs >= 0)) {
       throw new RangeError(`groupCommitMs must be >= 0, got ${opts.groupCommitMs}`);
+    }
+    if (opts.busyCommitMs !== undefined && !(opts.busyCommitMs >= 0 && Number.isFinite(opts.busyCommitMs))) {
+      throw new RangeError(`busyCommitMs must be a finite number >= 0, got ${opts.busyCommitMs}`);
     }
     const nice = opts.writerNice ?? DEFAULT_WRITER_NICE;
     if (!Number.isInteger(nice) || nice < 0 || nice > 19) {
@@ -358,7 +386,10 @@ export class SqliteDriver implements StorageDriver {
       writer =
         inMemory || opts.writer === 'inline'
           ? new InlineWriter(db)
-          : new ThreadWriter({ path, ftsIdleMs: opts.ftsIdleMs ?? 1000, nice }, opts.log ?? defaultLog);
+          : new ThreadWriter(
+              { path, ftsIdleMs: opts.ftsIdleMs ?? 1000, busyCommitMs: opts.busyCommitMs ?? 100, nice },
+              opts.log ?? defaultLog,
+            );
     } catch (err) {
       db.close();
       throw err;
@@ -400,19 +431,21 @@ export class SqliteDriver implements StorageDriver {
       return Promise.reject(err);
     }
     this.#mark(scope, user);
+    this.#queueBehind = false;
     return new Promise<number | null>((resolve, reject) => {
       this.#enqueue(op, { resolve, reject });
     });
   }
 
   /** Queues an appendShared; its promise is the one of every appendShared in this batch. */
-  #writeShared(scope: Scope, users: string[], op: WriteOp): Promise<void> {
+  #writeShared(scope: Scope, users: string[], op: WriteOp, behind: boolean): Promise<void> {
     try {
       this.#check();
     } catch (err) {
       return Promise.reject(err);
     }
     this.#mark(scope, users);
+    if (!behind) this.#queueBehind = false;
     let shared = this.#queueShared;
     if (shared === undefined) {
       let settle!: Queued;
@@ -478,11 +511,14 @@ export class SqliteDriver implements StorageDriver {
     const callbacks = this.#queueCallbacks;
     const shared = this.#queueShared;
     const textWaiters = this.#queueTextWaiters;
+    const behind = this.#queueBehind && !syncText;
     const n = this.#queueNo++;
     this.#queue = [];
     this.#queueCallbacks = [];
     this.#queueShared = undefined;
     this.#queueTextWaiters = [];
+    this.#queueBehind = true;
+    if (behind) this.#behindSent = n;
     if (this.#inFlight++ === 0) this.#writer.busy(true);
     const settle = (reply: BatchReply | undefined, error: unknown) => {
       this.#inFlight--;
@@ -526,7 +562,7 @@ export class SqliteDriver implements StorageDriver {
       if (this.#queue.length > 0 || this.#queueTextWaiters.length > 0) this.#send();
       if (this.#inFlight === 0) this.#writer.busy(false);
     };
-    this.#writer.send(ops, syncText).then(
+    this.#writer.send(ops, syncText, behind).then(
       (reply) => settle(reply, undefined),
       (err: unknown) => settle(undefined, err),
     );
@@ -537,8 +573,16 @@ export class SqliteDriver implements StorageDriver {
     if (n <= this.#acked) return Promise.resolve();
     return new Promise((resolve, reject) => {
       this.#waiters.push({ n, resolve, reject });
-      // A read is waiting: send the queued batch now rather than at the next tick.
-      if (n === this.#queueNo) this.#send();
+      // A read is waiting: send the queued batch now rather than at the next
+      // tick, and have the writer hold none of the batches sent before it.
+      if (n === this.#queueNo) {
+        this.#queueBehind = false;
+        this.#send();
+      }
+      if (this.#behindSent > this.#acked && this.#behindSent > this.#flushedUpTo) {
+        this.#flushedUpTo = this.#behindSent;
+        this.#writer.flush();
+      }
     });
   }
 
@@ -782,7 +826,8 @@ export class SqliteDriver implements StorageDriver {
     const scope = this.#scope(host, store);
     const read = <R>(user: string | null, fn: () => R, text = false) => this.#read(scope, user, fn, text);
     const write = (user: string | null, op: WriteOp) => this.#write(scope, user, op);
-    const writeShared = (users: string[], op: WriteOp) => this.#writeShared(scope, users, op);
+    const writeShared = (users: string[], op: WriteOp, behind: boolean) =>
+      this.#writeShared(scope, users, op, behind);
     const stmt = (sql: string) => this.#stmt(sql);
     const getRow = this.#getRow;
     const pageQuery = (user: string, query: ArchiveQuery) => this.#pageQuery(host, store, user, query);
@@ -790,7 +835,7 @@ export class SqliteDriver implements StorageDriver {
 
     return {
       caps,
-      appendShared(entries: ArchiveEntry[], item: SharedAppend<T>) {
+      appendShared(entries: ArchiveEntry[], item: SharedAppend<T>, options?: SharedAppendOptions) {
         if (entries.length === 0) return Promise.resolve();
         const op: SharedAppendOp = [
           'appendShared',
@@ -805,7 +850,7 @@ export class SqliteDriver implements StorageDriver {
           op.push(e.user, e.id, e.with, bareJid(e.with));
           users.push(e.user);
         }
-        return writeShared(users, op);
+        return writeShared(users, op, options?.behind === true);
       },
 
       async append(user, item: ArchiveAppend<T>) {

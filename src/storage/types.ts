@@ -105,6 +105,16 @@ export interface ArchiveEntry {
 /** The part of an item that appendShared stores once for every entry. */
 export type SharedAppend<T> = Pick<ArchiveAppend<T>, 'when' | 'value' | 'text'>;
 
+export interface SharedAppendOptions {
+  /**
+   * Nothing waits for this write to commit (the caller goes on and only
+   * watches for failure): a driver may then hold it a little longer, to
+   * commit more writes together, where that is cheaper under load. Reads
+   * still see it: a read that needs it makes the driver commit at once.
+   */
+  behind?: boolean;
+}
+
 export interface ArchiveSummaryEntry {
   count: number;
   first: number;
@@ -124,7 +134,7 @@ export interface ArchiveStore<T = JsonValue> {
    * commits together (SQLite does, per batch); that promise then rejects if
    * any of them failed.
    */
-  appendShared(entries: ArchiveEntry[], item: SharedAppend<T>): Promise<void>;
+  appendShared(entries: ArchiveEntry[], item: SharedAppend<T>, options?: SharedAppendOptions): Promise<void>;
   /** Throws ItemNotFoundError when `before`/`after` names an id the user's archive lacks. */
   find(user: string, query?: ArchiveQuery): Promise<ArchiveResult<T>>;
   /** Deletes what matches (everything when no query); resolves to how many items went. */

@@ -388,6 +388,86 @@ describe('sqlite archive', function () {
     });
   });
 
+  describe('spacing commits under load (busyCommitMs)', function () {
+    // Long enough that "held" and "not held" cannot be confused on a slow machine.
+    const SPACING = 1500;
+    const NOT_HELD = SPACING / 2;
+    const BEHIND = { behind: true };
+    let d: SqliteDriver;
+    let a: ReturnType<SqliteDriver['archive']>;
+    let n = 0;
+    /** One message for `u`'s archive, as archiving a message writes it. */
+    const message = (behind: boolean) => {
+      const when = Date.now();
+      const entries = [{ user: 'u', id: generateArchiveId(when), with: `peer${++n}@x` }];
+      return a.appendShared(entries, { when, value: n }, behind ? BEHIND : {});
+    };
+    /** A commit large enough to count as load: every later write-behind batch may wait. */
+    const loadCommit = () => Promise.all(Array.from({ length: 200 }, () => message(true)));
+    const elapsedMs = async (work: () => Promise<unknown>) => {
+      const started = performance.now();
+      await work();
+      return performance.now() - started;
+    };
+
+    beforeEach(function () {
+      d = SqliteDriver.open(freshPath(), { busyCommitMs: SPACING });
+      a = d.archive('h', 'a');
+    });
+    afterEach(async function () {
+      await d.close();
+    });
+
+    it('holds write-behind appends after a large commit, and commits them together', async function () {
+      await loadCommit();
+      const commits = d.stats.commits;
+      const waited = await elapsedMs(() => Promise.all([message(true), message(true)]));
+      expect(waited).to.be.at.least(SPACING / 3);
+      expect(d.stats.commits).to.equal(commits + 1);
+      expect((await a.find('u', { total: true })).total).to.equal(202);
+    });
+
+    it('never holds a write-behind append that a read waits for', async function () {
+      const newest = async () => (await a.find('u', { before: true, limit: 1 })).items.map((i) => i.value);
+      // The read comes while the append is still queued in this thread...
+      await loadCommit();
+      let found: unknown[] = [];
+      let waited = await elapsedMs(async () => {
+        void message(true);
+        found = await newest();
+      });
+      expect(found).to.deep.equal([n]);
+      expect(waited).to.be.below(NOT_HELD);
+      // ... or once the writer thread already holds it.
+      await loadCommit();
+      waited = await elapsedMs(async () => {
+        void message(true);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        found = await newest();
+      });
+      expect(found).to.deep.equal([n]);
+      expect(waited).to.be.below(NOT_HELD);
+    });
+
+    it('never holds a write its caller waits for', async function () {
+      await loadCommit();
+      expect(await elapsedMs(() => message(false))).to.be.below(NOT_HELD);
+      await loadCommit();
+      expect(await elapsedMs(() => d.keyval('h', 's').set('u', 1))).to.be.below(NOT_HELD);
+    });
+
+    it('holds nothing under light load (small commits)', async function () {
+      const waited = await elapsedMs(async () => {
+        for (let i = 0; i < 5; i++) await message(true);
+      });
+      expect(waited).to.be.below(NOT_HELD);
+      expect(() => SqliteDriver.open(freshPath(), { busyCommitMs: -1 })).to.throw(
+        RangeError,
+        'busyCommitMs must be a finite number >= 0, got -1',
+      );
+    });
+  });
+
   it('stops its writer thread on close, and rejects writes afterwards', async function () {
     const d = SqliteDriver.open(freshPath());
     const kv = d.keyval<number>('h', 's');
