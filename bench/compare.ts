@@ -332,9 +332,12 @@ export function mamRatioTable(rounds: Map<string, MamRound[]>): string {
  * --mam-ratio: throughput with archiving off and on, `rounds` times on each
  * server, reporting each round's ratio and their median. This host's noise
  * moved single runs of the same build by a factor of two within minutes, so
- * one off run and one on run cannot tell a ratio apart from the noise; the
- * order within a round alternates (off first, then on first) so that a trend
- * in the host's load does not favour either side.
+ * one off run and one on run cannot tell a ratio apart from the noise. Each
+ * server's off and on runs follow each other directly (the other servers are
+ * not running meanwhile), so that the minutes the other servers' runs take do
+ * not come between the two sides of a ratio; the order within a pair
+ * alternates by round (off first, then on first) so that a trend in the
+ * host's load does not favour either side.
  */
 export async function mamRatio(c: CompareOptions, rounds: number): Promise<void> {
   if (rounds < 1) throw new Error('--mam-ratio needs at least 1 round');
@@ -346,17 +349,19 @@ export async function mamRatio(c: CompareOptions, rounds: number): Promise<void>
   for (let round = 1; round <= rounds; round++) {
     const order = round % 2 === 1 ? [false, true] : [true, false];
     for (const server of servers) table.get(server)!.push({ off: null, on: null });
-    for (const mam of order) {
-      process.stderr.write(`\n=== round ${round} of ${rounds}: archiving ${mam ? 'on' : 'off'}\n`);
-      // The reference servers restart for every run: archiving is switched by how they start.
-      const out = await runOnServers({ ...c, mam, scenarios: ['throughput'], keepAnchors: false });
-      runs.push({ round, mam, results: out.results });
-      failures.push(...out.failures.map((f) => `round ${round}, archiving ${mam ? 'on' : 'off'}: ${f}`));
-      if (mam) chorusModules = out.chorusModules;
-      for (const r of out.results) {
-        const rate = r.metrics.msgs_per_s;
-        const slot = table.get(r.server)?.[round - 1];
-        if (slot && typeof rate === 'number') slot[mam ? 'on' : 'off'] = rate;
+    for (const server of servers) {
+      for (const mam of order) {
+        process.stderr.write(`\n=== round ${round} of ${rounds}: ${server}, archiving ${mam ? 'on' : 'off'}\n`);
+        // The reference servers restart for every run: archiving is switched by how they start.
+        const out = await runOnServers({ ...c, servers: [server], mam, scenarios: ['throughput'], keepAnchors: false });
+        runs.push({ round, mam, results: out.results });
+        failures.push(...out.failures.map((f) => `round ${round}, archiving ${mam ? 'on' : 'off'}: ${f}`));
+        if (mam && out.chorusModules.length > 0) chorusModules = out.chorusModules;
+        for (const r of out.results) {
+          const rate = r.metrics.msgs_per_s;
+          const slot = table.get(r.server)?.[round - 1];
+          if (slot && typeof rate === 'number') slot[mam ? 'on' : 'off'] = rate;
+        }
       }
       process.stderr.write(`\n${mamRatioTable(table)}\n`);
     }
