@@ -54,7 +54,8 @@ const UNSTAMP_PRIORITY = -600;
 export const MAX_UNCOMMITTED = 20_000;
 
 /** appendShared's options, made once: for a write a message waits for, and for one it does not. */
-const BEHIND: readonly SharedAppendOptions[] = [{}, { behind: true }];
+const AWAITED: SharedAppendOptions = {};
+const WRITE_BEHIND: SharedAppendOptions = { behind: true };
 
 export interface ArchivingDeps {
   archive: ArchiveStore<string>;
@@ -114,17 +115,17 @@ export function installArchiving<O>(ctx: ModuleContext<O>, deps: ArchivingDeps):
    */
   let latest: { written: Promise<void>; count: number; first: ArchiveEntry[] } | undefined;
 
-  /** Starts a write; null if the store threw at once. `behind`: no message waits for it. */
+  /** Starts a write; null if the store threw at once. */
   function write(
     entries: ArchiveEntry[],
     when: number,
     value: string,
     text: string | undefined,
-    behind: boolean,
+    options: SharedAppendOptions,
   ): Promise<void> | null {
     try {
       const item = text === undefined ? { when, value } : { when, value, text };
-      return archive.appendShared(entries, item, BEHIND[behind ? 1 : 0]);
+      return archive.appendShared(entries, item, options);
     } catch (err) {
       return failed(err, entries);
     }
@@ -132,7 +133,7 @@ export function installArchiving<O>(ctx: ModuleContext<O>, deps: ArchivingDeps):
 
   /** Writes without holding the message; failures are logged. */
   function writeBehind(entries: ArchiveEntry[], when: number, value: string, text: string | undefined): void {
-    const written = write(entries, when, value, text, true);
+    const written = write(entries, when, value, text, WRITE_BEHIND);
     if (written === null) return;
     uncommitted++;
     if (latest?.written === written) {
@@ -168,7 +169,7 @@ export function installArchiving<O>(ctx: ModuleContext<O>, deps: ArchivingDeps):
 
   /** Writes and waits for the commit; the id, or null when the write failed. */
   function writeAndWait(entry: ArchiveEntry, when: number, stanza: Element): Promise<string | null> | null {
-    const written = write([entry], when, serialize(stanza), bodyText(stanza), false);
+    const written = write([entry], when, serialize(stanza), bodyText(stanza), AWAITED);
     return (
       written?.then(
         () => entry.id,
