@@ -326,8 +326,10 @@ export default defineModule({
       NS_BLOCKING,
       'blocklist',
       (ev) =>
-        after(listOf(ev.from.local), (list) => {
-          if (ev.origin && ev.origin.getShared(INTERESTED) !== true) ev.origin.setShared(INTERESTED, true);
+        after(listOf(ev.from.local), async (list) => {
+          // Answered once every node knows, so that pushes from any of them follow.
+          if (ev.origin && ev.origin.getShared(INTERESTED) !== true)
+            await ev.origin.setShared(INTERESTED, true);
           ev.reply(itemsElement('blocklist', list));
           return true;
         }),

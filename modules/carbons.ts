@@ -99,14 +99,16 @@ export default defineModule({
         'set',
         NS_CARBONS,
         name,
-        ({ origin, reply, error }) => {
+        async ({ origin, reply, error }) => {
           // 'self' IQs come from a local session; anything else is not ours to switch.
           if (!origin) {
             error('not-allowed');
             return true;
           }
-          // Repeated requests are not errors (section 10.1).
-          origin.setShared(ENABLED, on ? true : undefined);
+          // Repeated requests are not errors (section 10.1). The answer waits
+          // until every cluster node knows: a message the client sends right
+          // after it must be copied (or not) as it asked.
+          await origin.setShared(ENABLED, on ? true : undefined);
           reply();
           return true;
         },

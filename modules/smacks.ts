@@ -259,7 +259,7 @@ export default defineModule({
       const st = newState(session, wantsResume ? randomBytes(18).toString('base64url') : null, maxSeconds);
       track(st);
       // The other nodes find the session to resume through the directory.
-      if (st.id && ctx.cluster.enabled) session.setShared(SHARED_ID, st.id);
+      if (st.id && ctx.cluster.enabled) void session.setShared(SHARED_ID, st.id);
       return smElement('enabled', {
         id: st.id ?? undefined,
         resume: st.id ? 'true' : undefined,
@@ -392,7 +392,7 @@ export default defineModule({
         s.available = handover.available;
         s.priority = handover.priority;
         s.presence = handover.presence ? (parse(handover.presence) as Element) : null;
-        for (const [key, value] of Object.entries(handover.shared)) s.setShared(key, value);
+        for (const [key, value] of Object.entries(handover.shared)) void s.setShared(key, value);
         const st = newState(s, previd, handover.max);
         // The client's count of our stanzas goes on from its h; ours of its
         // stanzas from the holder's.

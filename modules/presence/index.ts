@@ -54,7 +54,7 @@ export default defineModule({
     const shareDirected = (session: Session) => {
       if (!ctx.cluster.enabled) return;
       const set = directed.get(session);
-      session.setShared(SHARED_DIRECTED, set?.size ? [...set] : undefined);
+      void session.setShared(SHARED_DIRECTED, set?.size ? [...set] : undefined);
     };
 
     const bareOf = (user: string) => `${user}@${ctx.host}`;

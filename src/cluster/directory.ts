@@ -21,9 +21,11 @@ export interface SessionDirectory {
   resources(bareJid: string): MaybePromise<Session[]>;
   /**
    * A bound session's availability, priority, presence, connection or
-   * shared facts changed. A distributed directory republishes its entry.
+   * shared facts changed. A distributed directory republishes its entry;
+   * the promise settles once the other nodes can see the change (it never
+   * rejects: a directory that cannot publish logs why).
    */
-  sessionChanged?(session: Session): void;
+  sessionChanged?(session: Session): void | Promise<void>;
   /** Number of sessions known to this node. */
   readonly size: number;
   all(): Iterable<Session>;

@@ -519,21 +519,26 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
     );
   }
 
-  sessionChanged(session: Session): void {
-    if (this.local.get(session.jid.toString()) !== session) return;
-    this.redis
+  sessionChanged(session: Session): Promise<void> {
+    if (this.local.get(session.jid.toString()) !== session) return Promise.resolve();
+    const updated = this.redis
       .chorusUpdate(
         this.key(`u:${session.jid.bareString()}`),
         session.jid.resource,
         session.id,
         this.entryOf(session),
       )
-      .catch((err: unknown) =>
-        this.log.warn({ err, jid: session.jid.toString() }, 'could not update a session in Redis'),
+      .then(
+        () => undefined,
+        (err: unknown) =>
+          this.log.warn({ err, jid: session.jid.toString() }, 'could not update a session in Redis'),
       );
     // Right behind the update on the same connection: the other nodes drop
     // their copy before they see the presence this change is part of.
-    this.changed(session.jid.bareString());
+    const broadcast = this.changed(session.jid.bareString());
+    // Redis pushes the broadcast to the other nodes before it answers the
+    // publish, so they have it before any answer to the client could reach them.
+    return Promise.all([updated, broadcast]).then(() => undefined);
   }
 
   get(fullJid: string): MaybePromise<Session | undefined> {
@@ -601,14 +606,17 @@ export class RedisCluster implements SessionDirectory, RemoteSessionTransport {
   }
 
   /** This node changed a user's entries: drop cached copies here and on every other node. */
-  private changed(bareJid: string): void {
+  private changed(bareJid: string): Promise<void> {
     this.invalidate(bareJid);
-    this.redis
+    return this.redis
       .publish(
         this.key('broadcast'),
         JSON.stringify({ k: 'i', u: bareJid, from: this.nodeId, ts: Date.now() }),
       )
-      .catch((err: unknown) => this.log.warn({ err }, 'could not broadcast a directory change'));
+      .then(
+        () => undefined,
+        (err: unknown) => this.log.warn({ err }, 'could not broadcast a directory change'),
+      );
   }
 
   private invalidate(bareJid: string): void {

@@ -95,7 +95,7 @@ export class RemoteSession implements Session {
     return this.entry.h[key];
   }
 
-  setShared(): void {
+  setShared(): Promise<void> {
     throw new Error(`shared facts of ${this.jid.toString()} can only be set on node ${this.entry.n}`);
   }
 

@@ -94,13 +94,14 @@ export class ClientSession implements Session {
     return this.shared.get(key);
   }
 
-  setShared(key: string, value: JsonValue | undefined): void {
+  setShared(key: string, value: JsonValue | undefined): Promise<void> {
     if (value === undefined) {
-      if (!this.shared.delete(key)) return;
+      if (!this.shared.delete(key)) return Promise.resolve();
     } else {
       this.shared.set(key, value);
     }
-    if (!this.endPromise) this.directory.sessionChanged?.(this);
+    if (this.endPromise) return Promise.resolve();
+    return Promise.resolve(this.directory.sessionChanged?.(this));
   }
 
   /** Every shared fact, for the session directory. */

@@ -64,8 +64,14 @@ export interface Session {
    * module that owns them, e.g. 'carbons:enabled'.
    */
   getShared(key: string): JsonValue | undefined;
-  /** Sets (or with undefined removes) a shared fact; local sessions only. */
-  setShared(key: string, value: JsonValue | undefined): void;
+  /**
+   * Sets (or with undefined removes) a shared fact; local sessions only.
+   * Settles once every node of a cluster sees the new value (at once without
+   * one): a module that answers the client for the change answers after it,
+   * so that what the client sends next finds the fact in place everywhere.
+   * Never rejects.
+   */
+  setShared(key: string, value: JsonValue | undefined): Promise<void>;
   /** Delivers a stanza to the client (or to the send listeners while no connection carries it). */
   send(stanza: Element): void;
   /** Writes a non-stanza element to the current connection, if any. */

@@ -122,6 +122,29 @@ describe('cluster: nodes sharing Redis and storage', function () {
     );
   });
 
+  it('copies to a device on another node from the moment its carbons <enable/> is answered', async () => {
+    // Regression: the answer used to go out before the other node could know,
+    // so a message sent right after it missed the new carbons device.
+    const judy = await online(0, 'judy', 'desk');
+    const judyPhone = await online(1, 'judy', 'phone');
+    const ivan = await online(0, 'ivan', 'carbons');
+    for (let round = 0; round < 10; round++) {
+      // A message from the desk makes node A look up (and cache) judy's devices.
+      judy.send(`<message to='${ivan.jid}' type='chat' id='warm${round}'><body>warm</body></message>`);
+      await readUntil(ivan, `<message id='warm${round}'/>`);
+      judyPhone.send(`<iq type='set' id='on${round}'><enable xmlns='urn:xmpp:carbons:2'/></iq>`);
+      await readUntil(judyPhone, `<iq type='result' id='on${round}'/>`);
+      judy.send(`<message to='${ivan.jid}' type='chat' id='copy${round}'><body>right away</body></message>`);
+      // The first message the phone sees is this copy: none of the warm-up
+      // message, sent while its carbons were still off.
+      await judyPhone.expect(
+        `<message from='judy@localhost' to='${judyPhone.jid}'><sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'><message id='copy${round}'/></forwarded></sent></message>`,
+      );
+      judyPhone.send(`<iq type='set' id='off${round}'><disable xmlns='urn:xmpp:carbons:2'/></iq>`);
+      await readUntil(judyPhone, `<iq type='result' id='off${round}'/>`);
+    }
+  });
+
   it('routes to a device that logged in on another node right after a message warmed the cache', async () => {
     const bob = await online(1, 'bob', 'cache');
     const dave = await online(0, 'dave', 'one');

@@ -82,9 +82,10 @@ class FakeSession implements Session {
     return this.shared.get(key);
   }
 
-  setShared(key: string, value: JsonValue | undefined): void {
+  setShared(key: string, value: JsonValue | undefined): Promise<void> {
     if (value === undefined) this.shared.delete(key);
     else this.shared.set(key, value);
+    return Promise.resolve();
   }
 
   send(stanza: Element): void {
