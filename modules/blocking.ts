@@ -328,8 +328,7 @@ export default defineModule({
       (ev) =>
         after(listOf(ev.from.local), async (list) => {
           // Answered once every node knows, so that pushes from any of them follow.
-          if (ev.origin && ev.origin.getShared(INTERESTED) !== true)
-            await ev.origin.setShared(INTERESTED, true);
+          await ev.origin?.setShared(INTERESTED, true);
           ev.reply(itemsElement('blocklist', list));
           return true;
         }),

@@ -203,8 +203,7 @@ export default defineModule({
           const user = ev.from.local;
           const version = versionString(decodeVersion(await store.get(user, VERSION_KEY)));
           // Answered once every node knows, so that pushes from any of them follow.
-          if (ev.origin && ev.origin.getShared(INTERESTED) !== true)
-            await ev.origin.setShared(INTERESTED, true);
+          await ev.origin?.setShared(INTERESTED, true);
           const clientVer = ev.payload.attrs.ver as string | undefined;
           // XEP-0237: the client's cache is current; changes come as pushes.
           if (clientVer !== undefined && clientVer === version) {

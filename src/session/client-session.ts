@@ -51,6 +51,8 @@ export class ClientSession implements Session {
   private endPromise: Promise<void> | null = null;
   private movingOut = false;
   private readonly shared = new Map<string, JsonValue>();
+  /** The latest publication of a shared fact: what setShared of an unchanged value waits for. */
+  private sharedPublished: Promise<void> = Promise.resolve();
 
   constructor(
     readonly jid: Jid,
@@ -95,13 +97,14 @@ export class ClientSession implements Session {
   }
 
   setShared(key: string, value: JsonValue | undefined): Promise<void> {
-    if (value === undefined) {
-      if (!this.shared.delete(key)) return Promise.resolve();
-    } else {
-      this.shared.set(key, value);
-    }
-    if (this.endPromise) return Promise.resolve();
-    return Promise.resolve(this.directory.sessionChanged?.(this));
+    // Setting what is already there publishes nothing, but still waits for
+    // the publication that is under way: only then do the other nodes see it.
+    const unchanged = value === undefined ? !this.shared.has(key) : this.shared.get(key) === value;
+    if (unchanged) return this.sharedPublished;
+    if (value === undefined) this.shared.delete(key);
+    else this.shared.set(key, value);
+    if (!this.endPromise) this.sharedPublished = Promise.resolve(this.directory.sessionChanged?.(this));
+    return this.sharedPublished;
   }
 
   /** Every shared fact, for the session directory. */

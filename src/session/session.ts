@@ -69,7 +69,8 @@ export interface Session {
    * Settles once every node of a cluster sees the new value (at once without
    * one): a module that answers the client for the change answers after it,
    * so that what the client sends next finds the fact in place everywhere.
-   * Never rejects.
+   * Setting the value a fact already has publishes nothing (and waits for
+   * a publication still under way). Never rejects.
    */
   setShared(key: string, value: JsonValue | undefined): Promise<void>;
   /** Delivers a stanza to the client (or to the send listeners while no connection carries it). */
